@@ -1,0 +1,27 @@
+"""Attention variants behind one registry (see DESIGN.md, "Attentions").
+
+    import attentions
+    attentions.names()                      # registered variant names
+    attentions.backends("entmax")           # backends usable here, fastest first
+    attn = attentions.build("asentmax:alpha=1.5", n_heads=8, head_dim=32, d_model=256)
+    y = attn(q, k, v, x=x, bias=bias, causal=True)   # (B, H, T, D)
+"""
+
+from .api import (  # noqa: F401
+    REGISTRY,
+    backends,
+    build,
+    canonical_spec,
+    config,
+    describe,
+    get,
+    load_plugin,
+    names,
+    register,
+)
+from .base import Attention, log_positions  # noqa: F401
+from .normalizer import Alibi, Normalizer, nape_slopes  # noqa: F401
+from .spec import SpecError, canonical, parse_spec  # noqa: F401
+
+# the built-in variants register themselves on import
+from . import softmax, ssmax, entmax, sparsemax, asentmax, topk  # noqa: E402,F401  isort: skip

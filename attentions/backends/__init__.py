@@ -1,0 +1,74 @@
+"""Kernel backends. Each computes the same function,
+
+    out_i = sum_j p_ij v_j,   p_i = normalizer(sm_scale * q_i . k_j + b_ij  over visible j),
+
+for q (B, H, T, D), k and v (B, H, S, D). Causal: key j is visible to query i when
+j <= i + (S - T) (queries aligned to the end of the keys). ``bias`` is None, a tensor
+broadcastable to (B, H, T, S), or an ``Alibi``.
+
+A backend module exposes ``NAME``, ``usable() -> bool`` (importable and a device present here),
+``supports(norm, device, bias) -> bool`` and
+``attention(q, k, v, *, norm, causal, bias, sm_scale) -> (B, H, T, D)`` (differentiable).
+Backends are imported lazily, so numba and triton are imported only when their backend is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+import torch
+
+from ..normalizer import Normalizer
+
+#: backend name -> module, in order of preference for ``auto``
+MODULES = {
+    "triton": "attentions.backends.triton_backend",
+    "numba": "attentions.backends.numba_backend",
+    "torch": "attentions.backends.torch_backend",
+}
+ORDER = ("triton", "numba", "torch")
+
+
+@cache
+def load(name: str):
+    if name not in MODULES:
+        from ..spec import unknown
+
+        raise unknown("backend", name, [*MODULES, "auto"])
+    try:
+        return importlib.import_module(MODULES[name])
+    except ImportError:
+        return None
+
+
+@cache
+def usable(name: str) -> bool:
+    mod = load(name)
+    return bool(mod is not None and mod.usable())
+
+
+def available() -> list[str]:
+    """Backends usable on this machine, in order of preference."""
+    return [b for b in ORDER if usable(b)]
+
+
+def resolve(name: str, norm: Normalizer, device: torch.device, bias=None):
+    """The backend module to run ``norm`` on ``device``; ``auto`` takes the first that fits."""
+    if name == "auto":
+        for cand in ORDER:
+            if usable(cand) and load(cand).supports(norm, device, bias):
+                return load(cand)
+        raise RuntimeError(f"no backend supports {norm} on {device}")  # torch supports all
+    mod = load(name)
+    if mod is None or not mod.usable():
+        raise RuntimeError(
+            f"backend {name!r} is not usable on this machine (usable: {', '.join(available())}); "
+            "use backend='auto' or one of those"
+        )
+    if not mod.supports(norm, device, bias):
+        raise RuntimeError(
+            f"backend {name!r} does not support {norm} on {device.type} with this bias; "
+            "use backend='torch' (supports everything) or 'auto'"
+        )
+    return mod

@@ -1,0 +1,129 @@
+"""The torch backend: the reference, on any device, and the GPU path until a fused kernel.
+
+Queries run in chunks, so no (B, H, T, S) tensor exists. Memory: the inputs and the output,
+O(B*H*(T+S)*D), plus per-row statistics O(B*H*T), plus one chunk of scores and its few
+temporaries, O(chunk_elems) with chunk = max(1, chunk_elems // (B*H*S)) query rows. At a fixed
+chunk budget memory is therefore linear in T. The backward recomputes the scores chunk by chunk
+from the saved row statistics (as flash attention does), so training memory is linear in T too.
+
+softmax without a bias uses ``scaled_dot_product_attention`` (flash / memory-efficient kernels).
+Scores, statistics and probabilities are float32 for float32/16/bf16 inputs (matmuls in the
+input dtype accumulate in float32) and float64 for float64 inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..normalizer import Alibi, Normalizer
+from . import torch_normalizers as N
+
+NAME = "torch"
+
+#: elements of the score chunk, per device type (override: SUITE_TORCH_CHUNK_ELEMS)
+CHUNK_ELEMS = {"cuda": 1 << 27, "cpu": 1 << 24}
+
+
+def usable() -> bool:
+    return True
+
+
+def supports(norm: Normalizer, device, bias=None) -> bool:
+    return True
+
+
+def chunk_rows(B: int, H: int, S: int, device: torch.device) -> int:
+    budget = int(os.environ.get("SUITE_TORCH_CHUNK_ELEMS", CHUNK_ELEMS.get(device.type, 1 << 24)))
+    return max(1, budget // max(1, B * H * S))
+
+
+def _scores(q_c, kc, i0, i1, T, S, causal, bias, sm_scale, cdt):
+    """Scores of queries i0:i1 against the keys they may see: (B, H, i1-i0, S_vis), -inf masked.
+    ``kc`` is k in the compute dtype."""
+    off = S - T
+    s_vis = min(S, i1 + off) if causal else S
+    z = torch.matmul(q_c.to(cdt), kc[:, :, :s_vis].transpose(-1, -2)) * sm_scale
+    if isinstance(bias, Alibi):
+        z = z + bias.tile(i0, i1, 0, s_vis, off, z.device, cdt)
+    elif bias is not None:
+        b = bias.expand(*bias.shape[:-2], T, S) if bias.dim() >= 2 else bias
+        z = z + b[..., i0:i1, :s_vis].to(cdt)
+    if causal:
+        qi = torch.arange(i0, i1, device=z.device)[:, None] + off
+        kj = torch.arange(s_vis, device=z.device)[None, :]
+        z = z.masked_fill(kj > qi, float("-inf"))
+    return z, s_vis
+
+
+class ChunkedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, norm, causal, bias, sm_scale):
+        B, H, T, D = q.shape
+        S = k.shape[2]
+        cdt = N.compute_dtype(q.dtype)
+        rows = chunk_rows(B, H, S, q.device)
+        out = torch.empty(B, H, T, v.shape[-1], device=q.device, dtype=q.dtype)
+        m = torch.empty(B, H, T, 1, device=q.device, dtype=cdt)
+        t = torch.empty_like(m)
+        thr = torch.empty_like(m) if norm.kind == "topk" else None
+        kc, vc = k.to(cdt), v.to(cdt)
+        for i0 in range(0, T, rows):
+            i1 = min(T, i0 + rows)
+            z, s_vis = _scores(q[:, :, i0:i1], kc, i0, i1, T, S, causal, bias, sm_scale, cdt)
+            mc, tc, thc = N.row_stats(z, norm)
+            p = N.probs(z, norm, mc, tc, thc)
+            if norm.kind == "entmax" and norm.alpha not in (1.5, 2.0):
+                den = p.sum(-1, keepdim=True)
+                p = p / den.clamp_min(torch.finfo(cdt).tiny)
+            out[:, :, i0:i1] = torch.matmul(p, vc[:, :, :s_vis]).to(q.dtype)
+            m[:, :, i0:i1], t[:, :, i0:i1] = mc, tc
+            if thr is not None:
+                thr[:, :, i0:i1] = thc
+        ctx.norm, ctx.causal, ctx.bias, ctx.sm_scale = norm, causal, bias, sm_scale
+        ctx.save_for_backward(q, k, v, m, t, *(() if thr is None else (thr,)))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, m, t, *rest = ctx.saved_tensors
+        thr = rest[0] if rest else None
+        norm, causal, bias, sm_scale = ctx.norm, ctx.causal, ctx.bias, ctx.sm_scale
+        B, H, T, D = q.shape
+        S = k.shape[2]
+        cdt = m.dtype
+        rows = chunk_rows(B, H, S, q.device)
+        dq = torch.zeros(B, H, T, D, device=q.device, dtype=cdt)
+        dk = torch.zeros(B, H, S, D, device=q.device, dtype=cdt)
+        dv = torch.zeros(B, H, S, v.shape[-1], device=q.device, dtype=cdt)
+        vc, kc, do = v.to(cdt), k.to(cdt), dout.to(cdt)
+        for i0 in range(0, T, rows):
+            i1 = min(T, i0 + rows)
+            z, s_vis = _scores(q[:, :, i0:i1], kc, i0, i1, T, S, causal, bias, sm_scale, cdt)
+            th = None if thr is None else thr[:, :, i0:i1]
+            p = N.probs(z, norm, m[:, :, i0:i1], t[:, :, i0:i1], th)
+            if norm.kind == "entmax" and norm.alpha not in (1.5, 2.0):
+                p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(cdt).tiny)
+            do_c = do[:, :, i0:i1]  # (B, H, C, Dv)
+            dp = torch.matmul(do_c, vc[:, :, :s_vis].transpose(-1, -2))  # (B, H, C, S_vis)
+            dz = N.vjp(N.sensitivity(p, norm), dp) * sm_scale
+            dq[:, :, i0:i1] = torch.matmul(dz, kc[:, :, :s_vis])
+            dk[:, :, :s_vis] += torch.matmul(dz.transpose(-1, -2), q[:, :, i0:i1].to(cdt))
+            dv[:, :, :s_vis] += torch.matmul(p.transpose(-1, -2), do_c)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+
+
+def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_scale=None):
+    """Normalized attention; see the package docstring for the function computed."""
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(bias, torch.Tensor) and bias.requires_grad:
+        raise ValueError("a learned dense bias is not supported; pass a constant bias or Alibi")
+    if norm.kind == "softmax" and bias is None and q.dtype != torch.float64:
+        T, S = q.shape[2], k.shape[2]
+        if not causal or T == S:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
+    return ChunkedAttention.apply(q, k, v, norm, causal, bias, sm_scale)

@@ -1,0 +1,1 @@
+"""Results: MLflow tracking (the only package that imports mlflow), the leaderboard, plots."""

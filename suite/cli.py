@@ -1,0 +1,81 @@
+"""The ``suite`` command line (also ``python -m suite``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import attentions
+
+
+def _plugins(args) -> None:
+    for target in getattr(args, "plugin", None) or []:
+        attentions.load_plugin(target)
+
+
+def cmd_list(args) -> int:
+    _plugins(args)
+    for name in attentions.names():
+        backends = ",".join(attentions.backends(name))
+        print(f"attention  {name:<12} backends={backends:<20} {attentions.describe(name)}")
+    try:
+        import tasks
+    except ImportError:
+        return 0
+    for name in tasks.names():
+        print(f"task       {name:<12} {tasks.describe(name)}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    _plugins(args)
+    import tasks
+
+    print(tasks.show(args.task, length=args.length, seed=args.seed))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    rows = bench.run(device=args.device, lengths=args.lengths)
+    print(bench.format_table(rows))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="suite",
+        description="Attention variants trained short, evaluated long, timed, and ranked.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def plugin_arg(sp):
+        sp.add_argument("--plugin", action="append", metavar="FILE_OR_MODULE",
+                        help="import a file or module that registers attentions or tasks")
+
+    sp = sub.add_parser("list", help="the variants (with usable backends) and tasks")
+    plugin_arg(sp)
+    sp.set_defaults(func=cmd_list)
+
+    sp = sub.add_parser("show", help="print one decoded example of a task")
+    sp.add_argument("task", help="task spec, e.g. mqmtar or flip_flop:p_write=0.8")
+    sp.add_argument("--length", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    plugin_arg(sp)
+    sp.set_defaults(func=cmd_show)
+
+    sp = sub.add_parser("bench", help="kernel speed and memory benchmarks")
+    sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sp.add_argument("--lengths", type=int, nargs="+", default=None)
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except attentions.SpecError as err:
+        print(f"suite: error: {err}", file=sys.stderr)
+        return 2
