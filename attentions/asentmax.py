@@ -28,14 +28,14 @@ class ASEntmaxConfig:
         if self.gamma_range < 0 or self.init_std < 0:
             raise ValueError("gamma_range and init_std must be >= 0")
         if self.log_offset <= 1:
-            raise ValueError(f"log_offset={self.log_offset} must be > 1 so that log(i + offset) > 0")
+            raise ValueError(f"log_offset={self.log_offset} must be > 1 (log(i + offset) > 0)")
         if not all(map(math.isfinite, (self.delta, self.beta_bias, self.gamma_bias))):
             raise ValueError("delta, beta_bias and gamma_bias must be finite")
 
 
 @register("asentmax")
 class ASEntmax(Attention):
-    """asentmax: alpha-entmax with q_i scaled by delta + softplus(W_b x_i) * log(i+2)^(2 tanh(W_g x_i))."""
+    """asentmax: entmax, q_i scaled by delta + softplus(W_b x_i) * log(i+2)^(2 tanh(W_g x_i))."""
 
     Config = ASEntmaxConfig
 

@@ -20,7 +20,7 @@ class SSMaxConfig:
         if self.s_std < 0:
             raise ValueError(f"s_std={self.s_std} must be >= 0")
         if self.log_offset <= 1:
-            raise ValueError(f"log_offset={self.log_offset} must be > 1 so that log(i + offset) > 0")
+            raise ValueError(f"log_offset={self.log_offset} must be > 1 (log(i + offset) > 0)")
 
 
 @register("ssmax")

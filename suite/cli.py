@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 import attentions
@@ -18,12 +19,11 @@ def cmd_list(args) -> int:
     for name in attentions.names():
         backends = ",".join(attentions.backends(name))
         print(f"attention  {name:<12} backends={backends:<20} {attentions.describe(name)}")
-    try:
-        import tasks
-    except ImportError:
-        return 0
+    import tasks
+
     for name in tasks.names():
-        print(f"task       {name:<12} {tasks.describe(name)}")
+        doc = (inspect.getdoc(type(tasks.get(name))) or "").strip()
+        print(f"task       {name:<12} {doc.splitlines()[0] if doc else ''}")
     return 0
 
 

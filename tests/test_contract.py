@@ -74,8 +74,8 @@ def ref_factor(attn, T, x):
     elif name == "asentmax":
         c = attn.config
         xd = x.detach().double().cpu()
-        wb, bb = attn.w_beta.weight.detach().double().cpu(), attn.w_beta.bias.detach().double().cpu()
-        wg, bg = attn.w_gamma.weight.detach().double().cpu(), attn.w_gamma.bias.detach().double().cpu()
+        wb, bb, wg, bg = (t.detach().double().cpu() for t in (
+            attn.w_beta.weight, attn.w_beta.bias, attn.w_gamma.weight, attn.w_gamma.bias))
         beta = F.softplus(xd @ wb.T + bb).transpose(1, 2)
         gamma = c.gamma_range * torch.tanh(xd @ wg.T + bg).transpose(1, 2)
         full[:, SCALED] = c.delta + beta * torch.log(i + c.log_offset) ** gamma
