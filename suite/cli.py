@@ -35,6 +35,29 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    _plugins(args)
+    from .run import plan, sweep
+
+    if args.executor != "local":
+        raise attentions.SpecError(f"--executor {args.executor!r}: only 'local' exists so far")
+    cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend)
+    failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
+    print()
+    cmd_leaderboard(args)
+    if failed:
+        print(f"suite: {failed} cell(s) FAILED; their runs hold the error", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from results.leaderboard import build
+
+    _, text = build(args.tracking_uri)
+    print(text)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
@@ -65,6 +88,26 @@ def parser() -> argparse.ArgumentParser:
     plugin_arg(sp)
     sp.set_defaults(func=cmd_show)
 
+    sp = sub.add_parser("run", help="train, evaluate across lengths, log, rank")
+    sp.add_argument("--attention", action="append", metavar="SPEC",
+                    help="attention spec (repeatable); default: every built-in variant")
+    sp.add_argument("--task", action="append", metavar="SPEC",
+                    help="task spec (repeatable); default: the profile's tasks")
+    sp.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
+    sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
+    sp.add_argument("--executor", default="local", choices=["local", "ray"])
+    sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: "
+                    "$MLFLOW_TRACKING_URI, else results/mlflow.db)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    plugin_arg(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("leaderboard", help="aggregate the store and print the tables")
+    sp.add_argument("--tracking-uri", default=None)
+    sp.set_defaults(func=cmd_leaderboard)
+
     sp = sub.add_parser("bench", help="kernel speed and memory benchmarks")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sp.add_argument("--lengths", type=int, nargs="+", default=None)
@@ -79,3 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except attentions.SpecError as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from results.tracking import TrackingError
+
+        if isinstance(err, TrackingError):
+            print(f"suite: error: {err}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,106 @@
+"""Profiles: model sizes and training budgets per task.
+
+- ``smoke``: CI, seconds per cell; proves the pipeline, learns nothing.
+- ``quick``: the default main job, sized for a 2-core CPU (minutes per cell). Small models,
+  enough steps for the tasks that learn at this scale (flip_flop, see PILOTS.md) to show the
+  qualitative picture. Copy, sort, reverse and MQMTAR do not leave their loss plateau at this
+  scale; they need the paper profile on a GPU.
+- ``paper``: the per-task configs of PAPER.md section 3.2 (official code, batch 128; steps =
+  one epoch over the official training-set size), for GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from attentions.spec import unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    steps: int
+    warmup: int
+    lr: float
+    batch_size: int
+    val_every: int  # steps between out-of-distribution validations (checkpoint selection)
+    val_multiple: int = 8  # validation length = val_multiple x the training length
+    val_samples: int = 64
+    eval_samples: int = 100  # per evaluation length
+    max_eval_length: int | None = None  # cap on the task's ladder (None: the whole ladder)
+    eval_tokens: int = 1 << 15  # tokens per evaluation batch (batch = eval_tokens // length)
+    ckpt_every: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    size: Size
+    budget: Budget
+    tasks: tuple[str, ...]  # what `suite run` trains when no --task is given
+    per_task: Mapping[str, tuple[Size, Budget]] = dataclasses.field(default_factory=dict)
+    pe: str = "nape"
+
+    def for_task(self, task: str) -> tuple[Size, Budget]:
+        return self.per_task.get(task, (self.size, self.budget))
+
+
+_SMOKE = Profile(
+    "smoke",
+    Size(1, 32, 2, 16, 64),
+    Budget(steps=12, warmup=3, lr=1e-3, batch_size=8, val_every=6, val_multiple=2,
+           val_samples=4, eval_samples=8, max_eval_length=128, ckpt_every=6),
+    tasks=("flip_flop",),
+)
+
+_Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
+            val_samples=64, eval_samples=100, max_eval_length=1024)
+_QUICK = Profile(
+    "quick",
+    Size(2, 64, 4, 16, 128),
+    _Q,
+    tasks=("flip_flop",),
+    per_task={
+        "mqmtar": (Size(4, 64, 4, 16, 128), _Q),
+        "lm": (Size(2, 64, 4, 16, 128), dataclasses.replace(_Q, max_eval_length=1024)),
+    },
+)
+
+
+def _paper(layers, d, heads, hd, ff, steps, warmup, lr, val_multiple, max_len=None):
+    return (Size(layers, d, heads, hd, ff),
+            Budget(steps=steps, warmup=warmup, lr=lr, batch_size=128, val_every=steps // 20,
+                   val_multiple=val_multiple, val_samples=256, eval_samples=1000,
+                   max_eval_length=max_len, eval_tokens=1 << 18, ckpt_every=2000))
+
+
+_PAPER = Profile(
+    "paper",
+    *_paper(2, 256, 8, 32, 1024, 78_125, 10_000, 4e-4, 8),  # tasks without an official config
+    tasks=("mqmtar", "sort", "reverse", "copy"),
+    per_task={
+        "copy": _paper(2, 256, 16, 16, 1024, 156_250, 20_000, 1e-3, 8),
+        "reverse": _paper(6, 256, 8, 32, 1024, 234_375, 20_000, 4e-4, 8, 512),
+        "sort": _paper(2, 256, 8, 32, 1024, 312_500, 20_000, 4e-4, 4, 512),
+        "mqmtar": _paper(4, 512, 16, 32, 1024, 390_625, 20_000, 2e-4, 16),
+        # head_dim is not set in the official flip-flop config and falls back to Gemma-2's 256
+        "flip_flop": _paper(4, 256, 8, 256, 512, 78_125, 10_000, 4e-4, 8),
+    },
+)
+
+PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER)}
+
+
+def get(name: str) -> Profile:
+    if name not in PROFILES:
+        raise unknown("profile", name, PROFILES)
+    return PROFILES[name]

@@ -1,0 +1,137 @@
+"""``suite run``: train every (attention, task, seed) cell, evaluate it over the length ladder,
+log it to MLflow, skip cells already finished with the same config hash, print the leaderboard.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import torch
+
+import attentions
+import tasks
+
+from . import __version__
+from . import profiles as P
+from .evaluate import evaluate
+from .train import Cell, train
+
+BUILTIN = ("softmax", "ssmax", "entmax", "sparsemax", "asentmax", "topk")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise attentions.SpecError(
+            "--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False); "
+            "use --device cpu or --device auto"
+        )
+    if device not in ("cpu", "cuda"):
+        raise attentions.SpecError(f"--device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
+         backend: str = "auto") -> list[Cell]:
+    """The cells of a sweep, every spec validated up front (bad input fails in seconds)."""
+    prof = P.get(profile)
+    if seeds < 1:
+        raise attentions.SpecError(f"--seeds {seeds}: give at least 1")
+    atts = [attentions.canonical_spec(s) for s in (attention_specs or BUILTIN)]
+    tsks = [tasks.get(s).spec for s in (task_specs or prof.tasks)]
+    for spec in atts:  # build once, so a bad parameter fails before any training
+        attentions.build(spec, n_heads=2, head_dim=4, backend=backend)
+    dev = resolve_device(device)
+    return [Cell(a, t, seed, prof, dev, backend) for t in tsks for a in atts
+            for seed in range(seeds)]
+
+
+def _tags(cell: Cell, model) -> dict[str, str]:
+    from attentions.backends import resolve
+    from results.tracking import HASH_TAG, git_state
+
+    attn = model.blocks[0].attn.attn
+    try:
+        kernel = resolve(cell.backend, attn.normalizer(), torch.device(cell.device)).NAME
+    except NotImplementedError:  # a plain-function variant is its own kernel
+        kernel = "function"
+    dev = torch.cuda.get_device_name() if cell.device == "cuda" else platform.processor() or "cpu"
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("numba", "mlflow", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.version": __version__,
+            "suite.task_version": str(tasks.get(cell.task).version),
+            "suite.attention": cell.attention, "suite.task": cell.task,
+            "suite.seed": str(cell.seed), "suite.profile": cell.profile.name,
+            "suite.backend": kernel, "suite.device": f"{cell.device}: {dev}",
+            "suite.train_length": str(tasks.get(cell.task).train_length),
+            **{f"suite.{k}": v for k, v in git_state().items()},
+            **{f"version.{k}": v for k, v in versions.items()}}
+
+
+def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
+    """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error."""
+    from .train import build_model
+
+    model = build_model(cell)
+    params = {**cell.config(), "n_params": sum(p.numel() for p in model.parameters())}
+    with tracker.run(tasks.get(cell.task).name, cell.name, params, _tags(cell, model)) as log:
+        model, summary = train(cell, log=log, progress=progress)
+        log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
+        task = tasks.get(cell.task)
+        _, budget = cell.size_budget
+        results = evaluate(model, task, cell.eval_lengths(), budget.eval_samples, cell.seed,
+                           torch.device(cell.device), budget.eval_tokens)
+        for length, res in results.items():
+            diag = res.pop("diagnostics", {})
+            scalars = {k: v for k, v in diag.items() if not k.endswith("_heads")}
+            values = {**res, **scalars}
+            log.metrics({**{f"{k}_L{length}": v for k, v in values.items()}, **values},
+                        step=length)
+            res["diagnostics"] = diag
+        log.dict({str(k): v for k, v in results.items()}, "eval.json")
+    return results
+
+
+def sweep(cells: list[Cell], tracking_uri: str | None = None, progress: bool = True,
+          out=None) -> int:
+    """Run the cells in order; returns the number that failed."""
+    out = out or sys.stdout
+    from results.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    print(f"store: {tracker.uri}  ({len(cells)} cells)", file=out, flush=True)
+    failed = 0
+    for i, cell in enumerate(cells, 1):
+        head = f"[{i}/{len(cells)}] {cell.name}"
+        done = tracker.finished(tasks.get(cell.task).name, cell.config_hash)
+        if done:
+            print(f"{head}: skipped, finished already (config {cell.config_hash}, run {done})",
+                  file=out, flush=True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            results = run_cell(cell, tracker, progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # recorded FAILED in the store; the sweep goes on
+            failed += 1
+            print(f"{head}: FAILED: {type(err).__name__}: {err}", file=out, flush=True)
+            continue
+        ladder = " ".join(f"{n}:{_headline(r)}" for n, r in results.items())
+        print(f"{head}: done in {time.perf_counter() - t0:.0f}s  {ladder}", file=out, flush=True)
+    return failed
+
+
+def _headline(res: dict) -> str:
+    if "perplexity" in res:
+        return f"ppl {res['perplexity']:.2f}"
+    em = res.get("exact_match", res.get("retrieval_acc"))
+    return f"{em:.0f}%/{res.get('token_acc', 0):.0f}%"
+

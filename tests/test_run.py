@@ -1,0 +1,153 @@
+"""`suite run` end to end on the smoke profile, into a temporary embedded store."""
+
+import textwrap
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from results.leaderboard import build
+from suite import profiles
+from suite.cli import main
+from suite.train import Cell, train
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # checkpoints go to ./results/checkpoints
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def runs(uri, experiment="flip_flop"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_smoke_sweep_round_trip(store, capsys):
+    argv = ["run", "--profile", "smoke", "--attention", "softmax", "--attention", "entmax:alpha=1.5",
+            "--tracking-uri", store, "--no-progress"]
+    assert main(argv) == 0
+    got = runs(store)
+    assert len(got) == 2 and {r.info.status for r in got} == {"FINISHED"}
+    by_att = {r.data.tags["suite.attention"]: r for r in got}
+    assert set(by_att) == {"softmax", "entmax"}  # canonical labels
+    for r in got:
+        tags = r.data.tags
+        for tag in ("suite.config_hash", "suite.git_commit", "suite.git_dirty", "suite.device",
+                    "version.torch", "suite.task_version", "suite.backend"):
+            assert tags.get(tag), tag
+        assert r.data.params["model.n_layers"] == "1"
+        history = MlflowClient(store).get_metric_history(r.info.run_id, "exact_match")
+        assert sorted(m.step for m in history) == [64, 128]  # the length as the step
+    tab, text = build(store)
+    assert tab.height == 4 and set(tab["seeds"].to_list()) == {1}
+    for row in tab.iter_rows(named=True):
+        metrics = by_att[row["attention"]].data.metrics
+        assert row["exact_match_mean"] == metrics[f"exact_match_L{row['length']}"]
+        assert row["token_acc_mean"] == metrics[f"token_acc_L{row['length']}"]
+        assert row["multiple"] == row["length"] / 64
+    assert "flip_flop" in text and "128 (2x)" in text
+    capsys.readouterr()
+    assert main(argv) == 0  # the same command again: every cell skipped
+    out = capsys.readouterr().out
+    assert out.count("skipped, finished already") == 2
+    assert len(runs(store)) == 2
+
+
+NAN_PLUGIN = textwrap.dedent('''
+    import torch
+    import attentions
+
+    @attentions.register("nan_attention_test")
+    def nan_attention(q, k, v, *, causal, bias):
+        """returns NaN (a broken attention, for the failure test)."""
+        return v * float("nan")
+''')
+
+
+def test_failed_cell_is_marked_failed_and_the_sweep_goes_on(store, tmp_path, capsys):
+    plugin = tmp_path / "nan_plugin.py"
+    plugin.write_text(NAN_PLUGIN)
+    code = main(["run", "--profile", "smoke", "--attention", "nan_attention_test",
+                 "--attention", "softmax", "--plugin", str(plugin), "--tracking-uri", store,
+                 "--no-progress"])
+    assert code == 1
+    status = {r.data.tags["suite.attention"]: r for r in runs(store)}
+    assert status["nan_attention_test"].info.status == "FAILED"
+    assert "loss is nan" in status["nan_attention_test"].data.tags["suite.error"]
+    assert status["softmax"].info.status == "FINISHED"
+    assert "FAILED: NonFiniteLoss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--attention", "entmx"], "unknown attention 'entmx'. Did you mean 'entmax'"),
+    (["--attention", "entmax:alpha=1"], r"alpha=1.0 is outside \(1, 2\]"),
+    (["--task", "flipflop"], "unknown task 'flipflop'. Did you mean 'flip_flop'"),
+    (["--seeds", "0"], "--seeds 0: give at least 1"),
+])
+def test_bad_input_fails_at_once(store, capsys, argv, match):
+    assert main(["run", "--profile", "smoke", "--tracking-uri", store, *argv]) == 2
+    assert __import__("re").search(match, capsys.readouterr().err)
+    assert not runs(store)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_device_fails_at_once(store, capsys):
+    assert main(["run", "--profile", "smoke", "--device", "cuda", "--tracking-uri", store]) == 2
+    assert "no CUDA device is visible here" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server(store, capsys):
+    code = main(["run", "--profile", "smoke", "--attention", "softmax",
+                 "--tracking-uri", "http://127.0.0.1:9", "--no-progress"])
+    assert code == 2
+    assert "cannot reach the MLflow tracking store at 'http://127.0.0.1:9'" in \
+        capsys.readouterr().err
+
+
+def _cell(attention="entmax"):
+    return Cell(attention, "flip_flop", 0, profiles.get("smoke"), "cpu")
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_bit_for_bit_deterministic_on_cpu(store):
+    a, _ = train(_cell(), progress=False)
+    first = _state(a)
+    import shutil
+    shutil.rmtree("results/checkpoints")
+    b, _ = train(_cell(), progress=False)
+    for key, value in _state(b).items():
+        assert torch.equal(value, first[key]), key
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAt:
+    """A run log that interrupts training at a given step (like a kill after a checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def metrics(self, values, step):
+        if step >= self.step and "train_loss" in values:
+            raise _Interrupt(step)
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint(store):
+    import shutil
+
+    reference, _ = train(_cell("asentmax"), progress=False)
+    want = _state(reference)
+    shutil.rmtree("results/checkpoints")
+    with pytest.raises(_Interrupt):
+        train(_cell("asentmax"), log=_StopAt(10), progress=False)  # checkpoint at step 6
+    model, summary = train(_cell("asentmax"), progress=False)
+    assert summary["resumed_from"] == 6
+    for key, value in _state(model).items():
+        assert torch.equal(value, want[key]), key
