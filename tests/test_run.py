@@ -25,8 +25,8 @@ def runs(uri, experiment="flip_flop"):
 
 
 def test_smoke_sweep_round_trip(store, capsys):
-    argv = ["run", "--profile", "smoke", "--attention", "softmax", "--attention", "entmax:alpha=1.5",
-            "--tracking-uri", store, "--no-progress"]
+    argv = ["run", "--profile", "smoke", "--attention", "softmax",
+            "--attention", "entmax:alpha=1.5", "--tracking-uri", store, "--no-progress"]
     assert main(argv) == 0
     got = runs(store)
     assert len(got) == 2 and {r.info.status for r in got} == {"FINISHED"}
