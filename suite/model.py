@@ -151,20 +151,22 @@ class Attention(nn.Module):
             idx = tg.clamp_min(0)[:, None].expand(B, H, *tg.shape[1:])  # (B, H, R, K)
             mass = (p.gather(-1, idx) * (tg >= 0)[:, None].float()).sum(-1)  # (B, H, R)
             stat["target_mass"] = mass.mean(dim=(0, 2))
-        scale = _scale_values(self.attn, qs, q, rows)
+        scale = _scale_values(self.attn, x, rows)
         if scale is not None:
             stat["scale"] = scale
         probe.stats.append(stat)
 
 
-def _scale_values(attn, qs, q, rows):
-    """The learned length scale factor on the scaled heads at the probe rows (mean per head)."""
-    if attn.name not in ("ssmax", "asentmax"):
-        return None
-    B, H, T, Dh = q.shape
-    ratio = (qs.norm(dim=-1) / q.norm(dim=-1).clamp_min(1e-30))  # (B, H, T)
-    r = ratio.gather(2, rows[:, None, :].expand(B, H, rows.shape[1]))  # (B, H, R)
-    return r.mean(dim=(0, 2))
+def _scale_values(attn, x, rows):
+    """The learned length scale on the scaled heads at the probe rows, mean per scaled head."""
+    if attn.name == "ssmax":
+        logn = torch.log(rows.float() + attn.config.log_offset)  # (B, R)
+        return (attn.s.float()[None, :, None] * logn[:, None, :]).mean(dim=(0, 2))  # (H_s,)
+    if attn.name == "asentmax":
+        factor = attn.scale(x.to(attn.w_beta.weight.dtype), x.shape[1])  # (B, H_s, T)
+        idx = rows[:, None, :].expand(-1, factor.shape[1], -1)
+        return factor.gather(2, idx).float().mean(dim=(0, 2))
+    return None
 
 
 class MLP(nn.Module):

@@ -1,0 +1,88 @@
+"""Attention diagnostics (PAPER.md section 6) returned per length by the evaluation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tasks
+from suite.evaluate import evaluate
+from suite.model import Decoder, ModelConfig, Probe
+
+
+def _flat_model(attention, pe="nope"):
+    """A one-layer model whose queries are 0: every visible key gets the same score."""
+    model = Decoder(ModelConfig(vocab_size=20, n_layers=1, n_heads=2, head_dim=8, d_model=16,
+                                attention=attention, pe=pe))
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[:16].zero_()  # W_q = 0
+    return model
+
+
+@pytest.mark.parametrize("attention", ["softmax", "entmax", "entmax:alpha=1.25", "sparsemax"])
+def test_uniform_attention_statistics_are_exact(attention):
+    model = _flat_model(attention)
+    rows = torch.tensor([[3, 9, 15], [0, 7, 15]])  # query positions; n = row + 1 keys
+    targets = torch.tensor([[[0, 1], [0, 1], [0, 1]], [[2, -1], [2, -1], [2, -1]]])
+    probe = Probe(rows=rows, targets=targets)
+    model.set_probe(probe)
+    model(torch.randint(0, 20, (2, 16)))
+    (stat,) = probe.stats
+    n = (rows + 1).double()
+    torch.testing.assert_close(stat["support"].double(), n.mean().expand(2))
+    torch.testing.assert_close(stat["max_weight"].double(), (1 / n).mean().expand(2))
+    ent = torch.where(n > 1, torch.ones_like(n), torch.zeros_like(n))  # H/log n = 1; 0 at n=1
+    torch.testing.assert_close(stat["entropy_norm"].double(), ent.mean().expand(2), atol=1e-6,
+                               rtol=0)
+    mass = torch.tensor([[2 / 4, 2 / 10, 2 / 16], [0, 1 / 8, 1 / 16]], dtype=torch.float64)
+    torch.testing.assert_close(stat["target_mass"].double(), mass.mean().expand(2), atol=1e-6,
+                               rtol=0)
+
+
+def test_learned_scales_are_reported():
+    model = _flat_model("asentmax:init_std=0,beta_bias=0.5,gamma_bias=0.25")
+    rows = torch.tensor([[4, 10]])
+    probe = Probe(rows=rows)
+    model.set_probe(probe)
+    model(torch.randint(0, 20, (1, 12)))
+    gamma = 2 * math.tanh(0.25)
+    want = [1 + F.softplus(torch.tensor(0.5)).item() * math.log(r + 2) ** gamma for r in (4, 10)]
+    assert probe.stats[0]["scale"].tolist() == pytest.approx([sum(want) / 2] * 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mqmtar", "flip_flop", "niah", "copy"])
+def test_evaluate_returns_diagnostics_per_length(name):
+    task = tasks.get(name)
+    model = Decoder(ModelConfig(vocab_size=task.vocab_size, attention="entmax", n_heads=4))
+    lengths = list(task.eval_lengths[:2])
+    out = evaluate(model, task, lengths, samples=3, seed=0, device=torch.device("cpu"))
+    assert list(out) == lengths
+    for length, res in out.items():
+        d = res["diagnostics"]
+        assert 0 <= d["entropy_norm"] <= 1 and 1 <= d["support"] and 0 < d["max_weight"] <= 1
+        assert len(d["support_heads"]) == 2 and len(d["support_heads"][0]) == 4
+        if "target_positions" in task.sample(task.rng(0, "eval"), length, 1).meta:
+            assert 0 <= d["target_mass"] <= 1
+        else:
+            assert "target_mass" not in d
+
+
+def test_softmax_disperses_where_entmax_does_not():
+    """Prop. 1 in miniature: random logits, softmax's normalized entropy near 1 at long n,
+    entmax's support a small fraction of n."""
+    torch.manual_seed(0)
+    stats = {}
+    for attention in ("softmax", "entmax"):
+        model = Decoder(ModelConfig(vocab_size=50, n_layers=1, n_heads=2, head_dim=16,
+                                    d_model=32, attention=attention, pe="nope"))
+        with torch.no_grad():
+            model.blocks[0].attn.qkv.weight.mul_(10)  # spread the logits
+        probe = Probe(rows=torch.tensor([[1023]]))
+        model.set_probe(probe)
+        torch.manual_seed(1)
+        model(torch.randint(0, 50, (1, 1024)))
+        stats[attention] = probe.stats[0]
+    assert stats["softmax"]["support"].min() == 1024
+    assert stats["entmax"]["support"].max() < 0.5 * 1024
+    assert (stats["softmax"]["entropy_norm"] > stats["entmax"]["entropy_norm"]).all()
