@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 DEFAULT_DIR = Path("results")
-HASH_TAG = "suite.config_hash"
+from .offline import HASH_TAG  # noqa: E402,F401
 
 
 class TrackingError(RuntimeError):
@@ -137,17 +136,3 @@ def _art(uri: str, name: str) -> str | None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
-
-
-def git_state(path: Path | None = None) -> dict[str, str]:
-    """The commit and dirty flag of the checkout the suite runs from ("unknown" outside one)."""
-    cwd = path or Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
-    return {"git_commit": commit or "unknown",
-            "git_dirty": ("true" if dirty else "false") if commit else "unknown"}

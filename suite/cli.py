@@ -41,10 +41,18 @@ def cmd_run(args) -> int:
 
     if args.executor != "local":
         raise attentions.SpecError(f"--executor {args.executor!r}: only 'local' exists so far")
-    cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend)
+    cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
+                 steps=args.steps, batch_size=args.batch_size, eval_samples=args.eval_samples,
+                 max_eval_length=args.max_eval_length)
     failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
-    cmd_leaderboard(args)
+    from results.offline import is_offline
+
+    if is_offline(args.tracking_uri):
+        print(f"offline log written; load it into a store with: suite import "
+              f"{args.tracking_uri.removeprefix('jsonl:')}")
+    else:
+        cmd_leaderboard(args)
     if failed:
         print(f"suite: {failed} cell(s) FAILED; their runs hold the error", file=sys.stderr)
     return 1 if failed else 0
@@ -55,6 +63,14 @@ def cmd_leaderboard(args) -> int:
 
     _, text = build(args.tracking_uri)
     print(text)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from results.offline import replay
+
+    counts = replay(args.path, args.tracking_uri)
+    print(f"imported {counts['imported']} run(s), skipped {counts['skipped']} already finished")
     return 0
 
 
@@ -99,14 +115,27 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
     sp.add_argument("--executor", default="local", choices=["local", "ray"])
     sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: "
-                    "$MLFLOW_TRACKING_URI, else results/mlflow.db)")
+                    "$MLFLOW_TRACKING_URI, else results/mlflow.db), or jsonl:PATH for an "
+                    "offline log on a machine without MLflow")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("--steps", type=int, default=None,
+                    help="override the profile's training steps (warmup and validation shrink)")
+    sp.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    sp.add_argument("--eval-samples", type=int, default=None, help="samples per eval length")
+    sp.add_argument("--max-eval-length", type=int, default=None,
+                    help="cap the evaluation ladder at this length")
     plugin_arg(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("leaderboard", help="aggregate the store and print the tables")
     sp.add_argument("--tracking-uri", default=None)
     sp.set_defaults(func=cmd_leaderboard)
+
+    sp = sub.add_parser("import", help="load an offline run log (--tracking-uri jsonl:PATH) "
+                        "into a tracking store")
+    sp.add_argument("path")
+    sp.add_argument("--tracking-uri", default=None)
+    sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("bench", help="kernel speed and memory benchmarks")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

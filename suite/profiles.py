@@ -53,6 +53,29 @@ class Profile:
     def for_task(self, task: str) -> tuple[Size, Budget]:
         return self.per_task.get(task, (self.size, self.budget))
 
+    def with_budget(self, **changes) -> Profile:
+        """The same profile with some budget fields replaced for every task (e.g. fewer steps
+        on a GPU-time budget). The changed fields land in the config hash and the params."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        bad = [k for k in changes if k not in {f.name for f in dataclasses.fields(Budget)}]
+        if bad:
+            raise ValueError(f"unknown budget field(s) {bad}")
+        if "steps" in changes:  # keep warmup and validation inside the shortened run
+            changes.setdefault("warmup", None)
+        def edit(b: Budget) -> Budget:
+            new = {**changes}
+            if "warmup" in new and new["warmup"] is None:
+                new["warmup"] = min(b.warmup, max(1, new["steps"] // 10))
+            if "steps" in new:
+                new.setdefault("val_every", max(1, min(b.val_every, new["steps"] // 4)))
+                new.setdefault("ckpt_every", max(1, min(b.ckpt_every, new["steps"] // 4)))
+            return dataclasses.replace(b, **new)
+        return dataclasses.replace(
+            self, budget=edit(self.budget),
+            per_task={k: (sz, edit(b)) for k, (sz, b) in self.per_task.items()})
+
 
 _SMOKE = Profile(
     "smoke",
@@ -62,7 +85,7 @@ _SMOKE = Profile(
     tasks=("flip_flop",),
 )
 
-_Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
+_Q = Budget(steps=1000, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
             val_samples=64, eval_samples=100, max_eval_length=1024)
 _QUICK = Profile(
     "quick",

@@ -4,6 +4,7 @@ log it to MLflow, skip cells already finished with the same config hash, print t
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import sys
 import time
@@ -35,9 +36,13 @@ def resolve_device(device: str) -> str:
 
 
 def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
-         backend: str = "auto") -> list[Cell]:
-    """The cells of a sweep, every spec validated up front (bad input fails in seconds)."""
-    prof = P.get(profile)
+         backend: str = "auto", **budget) -> list[Cell]:
+    """The cells of a sweep, every spec validated up front (bad input fails in seconds).
+    ``budget`` overrides profile budget fields (steps, eval_samples, max_eval_length, ...)."""
+    for key, value in budget.items():
+        if value is not None and value < 1:
+            raise attentions.SpecError(f"--{key.replace('_', '-')} {value}: give at least 1")
+    prof = P.get(profile).with_budget(**budget)
     if seeds < 1:
         raise attentions.SpecError(f"--seeds {seeds}: give at least 1")
     atts = [attentions.canonical_spec(s) for s in (attention_specs or BUILTIN)]
@@ -51,7 +56,8 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
 
 def _tags(cell: Cell, model) -> dict[str, str]:
     from attentions.backends import resolve
-    from results.tracking import HASH_TAG, git_state
+    from results.gitinfo import git_state
+    from results.offline import HASH_TAG
 
     attn = model.blocks[0].attn.attn
     try:
@@ -60,10 +66,10 @@ def _tags(cell: Cell, model) -> dict[str, str]:
         kernel = "function"
     dev = torch.cuda.get_device_name() if cell.device == "cuda" else platform.processor() or "cpu"
     versions = {"torch": torch.__version__, "python": platform.python_version()}
-    for mod in ("numba", "mlflow", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
+    for dist in ("numba", "mlflow", "numpy", "triton"):
+        try:  # metadata, not an import: the offline mode must not load mlflow
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.version": __version__,
             "suite.task_version": str(tasks.get(cell.task).version),
@@ -103,9 +109,14 @@ def sweep(cells: list[Cell], tracking_uri: str | None = None, progress: bool = T
           out=None) -> int:
     """Run the cells in order; returns the number that failed."""
     out = out or sys.stdout
-    from results.tracking import Tracker
+    from results.offline import JsonlTracker, is_offline
 
-    tracker = Tracker(tracking_uri)
+    if is_offline(tracking_uri):  # no MLflow on this machine: an offline log to import later
+        tracker = JsonlTracker(tracking_uri)
+    else:
+        from results.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
     print(f"store: {tracker.uri}  ({len(cells)} cells)", file=out, flush=True)
     failed = 0
     for i, cell in enumerate(cells, 1):

@@ -151,3 +151,28 @@ def test_interrupted_cell_resumes_from_its_checkpoint(store):
     assert summary["resumed_from"] == 6
     for key, value in _state(model).items():
         assert torch.equal(value, want[key]), key
+
+
+def test_offline_log_then_import(store, tmp_path, capsys):
+    """A machine without MLflow writes a JSON-lines log; `suite import` loads it; the import
+    is idempotent, and a sweep against the store then skips those cells."""
+    log = tmp_path / "gpu" / "runs.jsonl"
+    code = (
+        "import sys; from suite.cli import main; "
+        f"rc = main(['run', '--profile', 'smoke', '--attention', 'softmax', "
+        f"'--tracking-uri', 'jsonl:{log}', '--no-progress']); "
+        "assert 'mlflow' not in sys.modules, 'offline mode imported mlflow'; sys.exit(rc)"
+    )
+    out = __import__("subprocess").run([__import__("sys").executable, "-c", code],
+                                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "suite import" in out.stdout
+    assert main(["import", str(log), "--tracking-uri", store]) == 0
+    assert main(["import", str(log), "--tracking-uri", store]) == 0
+    assert "imported 0 run(s), skipped 1" in capsys.readouterr().out
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags["suite.attention"] == "softmax"
+    assert "exact_match_L128" in run.data.metrics
+    assert main(["run", "--profile", "smoke", "--attention", "softmax", "--tracking-uri", store,
+                 "--no-progress"]) == 0
+    assert "skipped, finished already" in capsys.readouterr().out
