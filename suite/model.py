@@ -127,6 +127,10 @@ class Attention(nn.Module):
     @torch.no_grad()
     def _inspect(self, q, k, x, bias):
         """Attention diagnostics on the probe rows only (R rows x T keys per head)."""
+        try:
+            norm = self.attn.normalizer()
+        except NotImplementedError:  # a plain-function variant: no weights to inspect
+            return
         probe = self.probe
         B, H, T, Dh = q.shape
         rows = probe.rows.to(q.device)  # (B, R)
@@ -138,7 +142,7 @@ class Attention(nn.Module):
             dist = (rows[:, None, :, None] - pos).abs().float()  # (B, 1, R, T)
             z = z - bias.slopes.to(q.device).float()[None, :, None, None] * dist
         z = z.masked_fill(pos[None, None, None, :] > rows[:, None, :, None], float("-inf"))
-        p = normalize(z, self.attn.normalizer())  # (B, H, R, T)
+        p = normalize(z, norm)  # (B, H, R, T)
         n = (rows + 1).float()[:, None, :]  # (B, 1, R) visible keys
         ent = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (B, H, R)
         stat = {

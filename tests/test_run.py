@@ -85,6 +85,7 @@ def test_failed_cell_is_marked_failed_and_the_sweep_goes_on(store, tmp_path, cap
     (["--attention", "entmax:alpha=1"], r"alpha=1.0 is outside \(1, 2\]"),
     (["--task", "flipflop"], "unknown task 'flipflop'. Did you mean 'flip_flop'"),
     (["--seeds", "0"], "--seeds 0: give at least 1"),
+    (["--steps", "0"], "--steps 0: must be positive"),
 ])
 def test_bad_input_fails_at_once(store, capsys, argv, match):
     assert main(["run", "--profile", "smoke", "--tracking-uri", store, *argv]) == 2
@@ -176,3 +177,33 @@ def test_offline_log_then_import(store, tmp_path, capsys):
     assert main(["run", "--profile", "smoke", "--attention", "softmax", "--tracking-uri", store,
                  "--no-progress"]) == 0
     assert "skipped, finished already" in capsys.readouterr().out
+
+
+USER_PLUGIN = textwrap.dedent('''
+    import attentions
+
+    @attentions.register("my_relu_test")
+    def my_relu(q, k, v, *, causal, bias, power: float = 1.0):
+        """relu attention, a user's one-file plugin."""
+        z = (q @ k.transpose(-1, -2)).relu() ** power
+        return (z.tril() if causal else z) @ v / q.shape[2]
+''')
+
+
+def test_a_users_plugin_trains_and_appears_in_the_results(store, tmp_path, capsys):
+    plugin = tmp_path / "my_attention.py"
+    plugin.write_text(USER_PLUGIN)
+    assert main(["run", "--profile", "smoke", "--attention", "my_relu_test:power=2",
+                 "--plugin", str(plugin), "--tracking-uri", store, "--no-progress"]) == 0
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["suite.attention"] == "my_relu_test:power=2"
+    assert "my_relu_test:power=2" in capsys.readouterr().out  # in the printed leaderboard
+    tab, _ = build(store)
+    assert set(tab["attention"].to_list()) == {"my_relu_test:power=2"}
+
+
+def test_suite_show_prints_a_decoded_example(capsys):
+    assert main(["show", "sort", "--length", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "sort" in out and "source" in out and "target" in out
