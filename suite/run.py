@@ -40,8 +40,8 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
     """The cells of a sweep, every spec validated up front (bad input fails in seconds).
     ``budget`` overrides profile budget fields (steps, eval_samples, max_eval_length, ...)."""
     for key, value in budget.items():
-        if value is not None and value < 1:
-            raise attentions.SpecError(f"--{key.replace('_', '-')} {value}: give at least 1")
+        if value is not None and value <= 0:
+            raise attentions.SpecError(f"--{key.replace('_', '-')} {value}: must be positive")
     prof = P.get(profile).with_budget(**budget)
     if seeds < 1:
         raise attentions.SpecError(f"--seeds {seeds}: give at least 1")
