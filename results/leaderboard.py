@@ -1,53 +1,74 @@
 """The leaderboard, built with polars from the store (never from a process's memory).
 
-One row per (task, attention, length): exact match and token accuracy as mean and spread
-(standard deviation) over seeds, ``multiple`` = length / training length; language tasks add
-perplexity and retrieval accuracy in the same long format (DESIGN.md, "Leaderboard CSV").
+``records`` reads every FINISHED cell run into long records; ``select`` keeps one profile and,
+per (task, attention, seed), the newest run; ``table`` aggregates them into the leaderboard CSV
+table, one row per (task, attention, length): exact match and token accuracy as mean and spread
+over seeds (sample standard deviation, empty with one seed), ``multiple`` = length / training
+length; language tasks add perplexity and retrieval accuracy in the same long format
+(DESIGN.md, "Leaderboard CSV"). ``render`` (terminal), ``markdown`` and ``html`` lay each task
+out as attention by length, with the best value per column marked.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import html as html_lib
 import re
+from collections.abc import Iterable
 
 import polars as pl
 
-from .tracking import Tracker
-
-METRIC_KEY = re.compile(r"^(exact_match|token_acc|perplexity|retrieval_acc|entropy_norm|support|"
-                        r"target_mass|scale)_L(\d+)$")
+METRIC_KEY = re.compile(r"^(exact_match|token_acc|perplexity|retrieval_acc)_L(\d+)$")
 COLUMNS = ["task", "attention", "length", "multiple", "exact_match_mean", "exact_match_std",
            "token_acc_mean", "token_acc_std", "seeds"]
 EXTRA = ["perplexity", "retrieval_acc"]
+HEADLINE = ("exact_match", "retrieval_acc", "perplexity")  # the first a task reports leads
+LABEL = {"exact_match": "exact match % [token accuracy %], teacher forced",
+         "retrieval_acc": "retrieval accuracy % [token accuracy %]",
+         "perplexity": "perplexity per byte (lower is better)"}
+LOWER_IS_BETTER = {"perplexity"}
+CELL_FILTER = "tags.`suite.kind` = 'cell' and attributes.status = 'FINISHED'"
+SCHEMA = {"run_id": pl.Utf8, "start": pl.Int64, "task": pl.Utf8, "attention": pl.Utf8,
+          "seed": pl.Int64, "profile": pl.Utf8, "device": pl.Utf8, "commit": pl.Utf8,
+          "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
 
 
-def records(tracker: Tracker) -> pl.DataFrame:
-    """Long records (task, attention, seed, profile, length, train_length, metric, value) of
-    every FINISHED cell run in the store."""
-    rows = []
-    exps = tracker.client.search_experiments()
-    for exp in exps:
-        token = None
-        while True:
-            page = tracker.client.search_runs(
-                [exp.experiment_id],
-                filter_string="tags.`suite.kind` = 'cell' and attributes.status = 'FINISHED'",
-                max_results=1000, page_token=token)
-            for run in page:
-                t = run.data.tags
-                for key, value in run.data.metrics.items():
-                    m = METRIC_KEY.match(key)
-                    if m:
-                        rows.append((t["suite.task"], t["suite.attention"], int(t["suite.seed"]),
-                                     t.get("suite.profile", ""), int(m.group(2)),
-                                     int(t.get("suite.train_length", 0)), m.group(1), value))
-            token = page.token
-            if not token:
-                break
-    schema = {"task": pl.Utf8, "attention": pl.Utf8, "seed": pl.Int64, "profile": pl.Utf8,
-              "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8,
-              "value": pl.Float64}
-    return pl.DataFrame(rows, schema=schema, orient="row")
+# ----------------------------------------------------------------------------- from the store
 
+def records(tracker) -> pl.DataFrame:
+    """Long records (one per run, length and metric) of every FINISHED cell run."""
+    runs = tracker.search(tracker.experiment_ids(), CELL_FILTER)
+    rows = [row for run in runs for row in _run_rows(run)]
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+def _run_rows(run) -> Iterable[tuple]:
+    t = run.data.tags
+    commit = t.get("suite.git_commit", "unknown")[:7]
+    if t.get("suite.git_dirty") == "true":
+        commit += "+dirty"
+    head = (run.info.run_id, run.info.start_time, t["suite.task"], t["suite.attention"],
+            int(t["suite.seed"]), t.get("suite.profile", ""), t.get("suite.device", ""), commit)
+    for key, value in run.data.metrics.items():
+        m = METRIC_KEY.match(key)
+        if m:
+            yield (*head, int(m.group(2)), int(t.get("suite.train_length", 0)), m.group(1),
+                   value)
+
+
+def select(recs: pl.DataFrame, profile: str | None = None) -> tuple[pl.DataFrame, str | None]:
+    """One profile (default: the newest run's) and, per (task, attention, seed), the newest
+    run, so that neither profiles nor reruns are averaged as if they were seeds."""
+    if recs.is_empty():
+        return recs, profile
+    profile = profile or recs.sort("start")["profile"][-1]
+    recs = recs.filter(pl.col("profile") == profile)
+    newest = recs.group_by(["task", "attention", "seed"]).agg(
+        pl.col("run_id").sort_by("start").last())
+    return recs.join(newest, on=["task", "attention", "seed", "run_id"], how="semi"), profile
+
+
+# ----------------------------------------------------------------------------- the table
 
 def table(recs: pl.DataFrame) -> pl.DataFrame:
     """The leaderboard CSV table: one row per (task, attention, length)."""
@@ -60,53 +81,222 @@ def table(recs: pl.DataFrame) -> pl.DataFrame:
     for metric in ["exact_match", "token_acc", *EXTRA]:
         if metric in wide.columns:
             aggs += [pl.col(metric).mean().alias(f"{metric}_mean"),
-                     pl.col(metric).std(ddof=1).fill_null(0.0).alias(f"{metric}_std")]
+                     pl.col(metric).std(ddof=1).alias(f"{metric}_std")]
     out = wide.group_by(["task", "attention", "length"]).agg(aggs)
-    for col in COLUMNS:
+    for col in COLUMNS[4:8]:
         if col not in out.columns:
             out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
-    extra = [c for c in out.columns if c not in COLUMNS]
-    return out.select(COLUMNS + sorted(extra)).sort(["task", "attention", "length"])
+    extra = [f"{m}_{s}" for m in EXTRA for s in ("mean", "std") if f"{m}_{s}" in out.columns]
+    return out.select(COLUMNS + extra).sort(["task", "attention", "length"])
 
 
-def render(tab: pl.DataFrame) -> str:
-    """Per task: attention by length, exact match mean +- std (token accuracy beside it);
-    the best value per column marked with *."""
-    if tab.is_empty():
+def csv_text(tab: pl.DataFrame) -> str:
+    return tab.write_csv()
+
+
+def headline(part: pl.DataFrame) -> str:
+    """The metric a task is ranked by: the first of HEADLINE it reports."""
+    for metric in HEADLINE:
+        col = f"{metric}_mean"
+        if col in part.columns and part[col].is_not_null().any():
+            return metric
+    return "exact_match"
+
+
+def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]]]:
+    """One task's view: its headline metric, the column headers ("128 (2x)") and, per
+    attention, one cell per length (see ``_cell``; None where there is no value)."""
+    metric = headline(part)
+    key = f"{metric}_mean"
+    lengths = sorted(part["length"].unique().to_list())
+    mult = dict(part.select("length", "multiple").iter_rows())
+    pick = pl.col(key).min() if metric in LOWER_IS_BETTER else pl.col(key).max()
+    best = dict(part.group_by("length").agg(pick).iter_rows())
+    rows = []
+    for (att,), sub in part.group_by("attention", maintain_order=True):
+        by = {r["length"]: r for r in sub.iter_rows(named=True)}
+        cells = [_cell(by.get(n), metric, best.get(n)) for n in lengths]
+        rows.append((att, cells))
+    return metric, [f"{n} ({mult[n]:g}x)" for n in lengths], rows
+
+
+def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, bool] | None:
+    """(the value, what follows it: ±std and [token accuracy], whether it is the best)."""
+    if row is None or row[f"{metric}_mean"] is None:
+        return None
+    value, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    digits = 2 if metric == "perplexity" else 1
+    tail = f"±{std:.{digits}f}" if std is not None else ""
+    if metric != "perplexity" and row.get("token_acc_mean") is not None:
+        tail += f" [{row['token_acc_mean']:.1f}]"
+    return f"{value:.{digits}f}", tail, value == best
+
+
+def _tasks(tab: pl.DataFrame):
+    for (task,), part in tab.group_by("task", maintain_order=True):
+        yield task, part
+
+
+def _train_length(part: pl.DataFrame) -> int:
+    row = part.row(0, named=True)
+    return round(row["length"] / row["multiple"])
+
+
+# ----------------------------------------------------------------------------- renderings
+
+def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
+    """The terminal rendering: per task, attention by length, best per column marked *."""
+    if tab.is_empty() and (speed is None or speed.is_empty()):
         return "the store holds no finished runs yet"
     out = []
-    for (task,), part in tab.group_by("task", maintain_order=True):
-        lengths = sorted(part["length"].unique().to_list())
-        mult = {r["length"]: r["multiple"] for r in part.iter_rows(named=True)}
-        lm = part["exact_match_mean"].is_null().all()
-        metric, fmt = (("perplexity", "{:.2f}") if lm and "perplexity_mean" in part.columns
-                       else ("exact_match", "{:.0f}"))
-        key = f"{metric}_mean"
-        best = part.group_by("length").agg(
-            (pl.col(key).min() if metric == "perplexity" else pl.col(key).max()).alias("b"))
-        best = dict(best.iter_rows())
-        head = "attention".ljust(22) + "".join(f"{n} ({mult[n]:g}x)".rjust(18) for n in lengths)
-        label = ("perplexity (mean over seeds)" if metric == "perplexity" else
-                 "exact match % mean±std [token acc %], teacher forced")
-        out += [f"\n{task}: {label}; * best per column", head]
-        for (att,), rows in part.group_by("attention", maintain_order=True):
-            by = {r["length"]: r for r in rows.iter_rows(named=True)}
-            cells = []
-            for n in lengths:
-                r = by.get(n)
-                if r is None or r[key] is None:
-                    cells.append("-".rjust(18))
-                    continue
-                star = "*" if r[key] == best.get(n) else " "
-                text = fmt.format(r[key])
-                if metric == "exact_match":
-                    text += f"±{r['exact_match_std']:.0f} [{r['token_acc_mean']:.0f}]"
-                cells.append((text + star).rjust(18))
-            out.append(att.ljust(22) + "".join(cells))
-    return "\n".join(out).lstrip("\n")
+    for task, part in _tasks(tab):
+        metric, heads, rows = grid(part)
+        out += [f"{task}: {LABEL[metric]}; mean±std over seeds; * best per column "
+                f"(training length {_train_length(part)})",
+                *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
+                ""]
+    for title, heads, rows in speed_views(speed):
+        out += [title, *_fixed(heads, rows), ""]
+    return "\n".join(out).rstrip()
 
 
-def build(tracking_uri: str | None = None) -> tuple[pl.DataFrame, str]:
-    tracker = Tracker(tracking_uri)
-    tab = table(records(tracker))
+def _star(cell) -> str:
+    return "-" if cell is None else cell[0] + cell[1] + ("*" if cell[2] else " ")
+
+
+def _fixed(heads: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [heads, *rows]) for i in range(len(heads))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)  # noqa: E731
+                               for i, (v, w) in enumerate(zip(r, widths)))
+    return [line(heads).rstrip(), *(line(r).rstrip() for r in rows)]
+
+
+def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "") -> str:
+    """The leaderboard as markdown: per task a table, best per column in bold."""
+    out = ["# Attention leaderboard", ""]
+    if about:
+        out += [about, ""]
+    for task, part in _tasks(tab):
+        metric, heads, rows = grid(part)
+        out += [f"## {task}", "",
+                f"{LABEL[metric]}; mean±std over seeds; **bold**: best per column; "
+                f"training length {_train_length(part)}", ""]
+        out += _md_table(["attention", *heads],
+                         [[a, *(_bold(c) for c in cs)] for a, cs in rows])
+    for title, heads, rows in speed_views(speed):
+        out += [f"## {title}", "", *_md_table(heads, rows)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _bold(cell) -> str:
+    if cell is None:
+        return "-"
+    return (f"**{cell[0]}**" if cell[2] else cell[0]) + cell[1]
+
+
+def _md_table(heads: list[str], rows: list[list[str]]) -> list[str]:
+    line = lambda r: "| " + " | ".join(str(v) for v in r) + " |"  # noqa: E731
+    return [line(heads), "|" + "---|" + "---:|" * (len(heads) - 1), *map(line, rows), ""]
+
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+       "table{border-collapse:collapse;margin:0 0 1.5em}td,th{padding:.25em .7em;"
+       "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
+       "{text-align:left}th{background:#f4f4f4}b{color:#0a5}img{max-width:100%}")
+
+
+def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
+         png_b64: str | None = None) -> str:
+    """A self-contained page: the tables (best per column bold) and the plot inlined."""
+    e = html_lib.escape
+    out = ["<!doctype html>", "<html><head><meta charset='utf-8'>",
+           "<title>Attention leaderboard</title>", f"<style>{CSS}</style></head><body>",
+           "<h1>Attention leaderboard</h1>"]
+    if about:
+        out.append(f"<p>{e(about)}</p>")
+    if png_b64:
+        out.append(f"<img alt='exact match against length' src='data:image/png;base64,"
+                   f"{png_b64}'>")
+    for task, part in _tasks(tab):
+        metric, heads, rows = grid(part)
+        out += [f"<h2>{e(task)}</h2>",
+                f"<p>{e(LABEL[metric])}; mean±std over seeds; <b>bold</b>: best per column; "
+                f"training length {_train_length(part)}</p>",
+                _html_table(["attention", *heads],
+                            [[e(a), *(_html_cell(c) for c in cs)] for a, cs in rows])]
+    for title, heads, rows in speed_views(speed):
+        out += [f"<h2>{e(title)}</h2>",
+                _html_table([e(h) for h in heads], [[e(str(v)) for v in r] for r in rows])]
+    return "\n".join([*out, "</body></html>"]) + "\n"
+
+
+def _html_cell(cell) -> str:
+    if cell is None:
+        return "-"
+    value, tail = html_lib.escape(cell[0]), html_lib.escape(cell[1])
+    return (f"<b>{value}</b>" if cell[2] else value) + tail
+
+
+def _html_table(heads: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def about(recs: pl.DataFrame, profile: str | None) -> str:
+    """Where the numbers come from: profile, runs, seeds, devices, commits, dates (UTC)."""
+    if recs.is_empty():
+        return ""
+    runs = recs.unique("run_id")
+    seeds = runs.group_by(["task", "attention"]).agg(pl.len())["len"]
+    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).date()  # noqa: E731
+    span = sorted({day(runs["start"].min()), day(runs["start"].max())})
+    return (f"Profile `{profile}`: {runs.height} cell runs, {_span(seeds)} seed(s) per cell; "
+            f"device {', '.join(sorted(runs['device'].unique()))}; "
+            f"commit {', '.join(sorted(runs['commit'].unique()))}; "
+            f"runs of {' to '.join(str(d) for d in span)}. Made by `suite leaderboard`.")
+
+
+def _span(values: pl.Series) -> str:
+    lo, hi = values.min(), values.max()
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+# ----------------------------------------------------------------------------- speed (bench)
+
+def speed_views(speed: pl.DataFrame | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per (device, pass) of the speed table: a title, headers (lengths) and rows (one per
+    implementation, i.e. variant and backend) of "median ms (ratio to softmax)"."""
+    from .speed import BASELINE
+
+    if speed is None or speed.is_empty():
+        return []
+    views = []
+    for (device, pass_), part in speed.group_by(["device", "pass"], maintain_order=True):
+        lengths = sorted(part["T"].unique().to_list())
+        rows = []
+        for (impl,), sub in part.group_by("impl", maintain_order=True):
+            by = {r["T"]: r for r in sub.iter_rows(named=True)}
+            rows.append([impl, *(_speed_cell(by.get(n)) for n in lengths)])
+        views.append((f"Speed, {pass_}, {device}: median ms (ratio to {BASELINE})",
+                      ["implementation", *(f"T={n}" for n in lengths)], rows))
+    return views
+
+
+def _speed_cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    ratio = row["ratio"]
+    return f"{row['median_ms']:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+
+# ----------------------------------------------------------------------------- for the CLI
+
+def build(tracking_uri: str | None = None, profile: str | None = None
+          ) -> tuple[pl.DataFrame, str]:
+    """The leaderboard table and its terminal rendering, from the store."""
+    from .tracking import Tracker
+
+    recs, _ = select(records(Tracker(tracking_uri)), profile)
+    tab = table(recs)
     return tab, render(tab)

@@ -42,7 +42,8 @@ def cmd_run(args) -> int:
     if args.executor != "local":
         raise attentions.SpecError(f"--executor {args.executor!r}: only 'local' exists so far")
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
-                 steps=args.steps, batch_size=args.batch_size, eval_samples=args.eval_samples,
+                 steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                 eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
     failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
@@ -59,11 +60,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from results.leaderboard import build
+    from results.cli import leaderboard_cmd
 
-    _, text = build(args.tracking_uri)
-    print(text)
-    return 0
+    return leaderboard_cmd(args)
+
+
+def cmd_ui(args) -> int:
+    from results.cli import ui_cmd
+
+    return ui_cmd(args)
 
 
 def cmd_import(args) -> int:
@@ -121,15 +126,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=None,
                     help="override the profile's training steps (warmup and validation shrink)")
     sp.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    sp.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     sp.add_argument("--eval-samples", type=int, default=None, help="samples per eval length")
     sp.add_argument("--max-eval-length", type=int, default=None,
                     help="cap the evaluation ladder at this length")
     plugin_arg(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("leaderboard", help="aggregate the store and print the tables")
-    sp.add_argument("--tracking-uri", default=None)
+    from results.cli import add_leaderboard_args, add_ui_args
+
+    sp = sub.add_parser("leaderboard", help="aggregate the store: print the tables, write "
+                        "results/leaderboard.{md,html,csv,png}, log them to MLflow")
+    add_leaderboard_args(sp)
     sp.set_defaults(func=cmd_leaderboard)
+
+    sp = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the store")
+    add_ui_args(sp)
+    sp.set_defaults(func=cmd_ui)
 
     sp = sub.add_parser("import", help="load an offline run log (--tracking-uri jsonl:PATH) "
                         "into a tracking store")

@@ -1,0 +1,228 @@
+"""The triton backend: fused alpha-entmax attention on CUDA (kernels in ``triton_kernels``).
+
+Forward and backward of alpha-entmax attention (alpha in (1, 2]; 1.5 and 2 on exact fast paths
+without transcendentals), causal or not, per-head ALiBi slopes applied inside the kernels, any
+T and S, head dims up to 256 (padded to a power of two >= 16), fp16/bf16/fp32 inputs with fp32
+accumulation. Memory is linear in T: the output, O2 = U V / sum U (only when a gradient is
+needed) and four floats per row. Design, pass counts and costs: TRITON_NOTES.md.
+
+What the kernels do not take goes to the torch backend, which computes the same function:
+float64 inputs (the contract's 1e-10 checks), dense bias tensors, softmax and top-k.
+
+triton is imported lazily (``_kernels``); ``usable()`` is True when triton imports and CUDA is
+present, or when TRITON_INTERPRET=1 (the CPU tests run the kernels in Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import torch
+
+from ..normalizer import Alibi, Normalizer
+from . import torch_backend
+
+NAME = "triton"
+
+#: size of the per-row list of largest tile maxima that starts the threshold search
+R_TOP = 16
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def usable() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available() or _interpret()
+
+
+def _device_ok(device) -> bool:
+    dev = torch.device(device)
+    return dev.type == "cuda" or (dev.type == "cpu" and _interpret())
+
+
+def supports(norm: Normalizer, device, bias=None) -> bool:
+    if norm.kind != "entmax" or not _device_ok(device):
+        return False
+    return bias is None or isinstance(bias, Alibi)
+
+
+def _kernels():
+    from . import triton_kernels
+
+    return triton_kernels
+
+
+def _mode(alpha: float) -> int:
+    return {1.5: 0, 2.0: 1}.get(float(alpha), 2)
+
+
+#: query blocks whose rows see at most this many key tiles take the extra threshold pass
+EXTRA_BELOW_TILES = 32
+
+
+def tau_passes(alpha: float, dtype: torch.dtype) -> tuple[int, int]:
+    """(dense threshold passes after the max pass, extra passes for blocks that see at most
+    EXTRA_BELOW_TILES key tiles). Override: SUITE_TRITON_TAU_PASSES='n,extra'.
+
+    alpha = 1.5 from the top-tile-maxima start: once rows see > 32 tiles, one pass leaves tau
+    exact for most rows and within ~1e-3 for the rest (simulated on Gaussian rows), two make it
+    exact; rows seeing fewer tiles start rougher and take three. fp32 inputs take enough passes
+    for float32 parity; generic alpha takes Halley passes."""
+    env = os.environ.get("SUITE_TRITON_TAU_PASSES")
+    if env:
+        n, extra = (int(x) for x in env.split(","))
+        return n, extra
+    low = dtype in (torch.float16, torch.bfloat16)
+    table = {0: ((1, 2), (3, 1)), 1: ((2, 1), (4, 1)), 2: ((12, 0), (16, 0))}
+    return table[_mode(alpha)][0 if low else 1]
+
+
+def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel; SUITE_TRITON_BLOCKS_<KIND> =
+    'M,N,warps,stages' overrides (kind: FWD, DKDV, DQ)."""
+    env = os.environ.get(f"SUITE_TRITON_BLOCKS_{kind.upper()}")
+    if env:
+        m, n, w, s = (int(x) for x in env.split(","))
+        return m, n, w, s
+    if torch.device(device).type != "cuda":  # the interpreter: few, small programs
+        return 32, 32, 1, 1
+    big = D > 64
+    if dtype == torch.float32:  # parity runs: fp32 tiles need twice the shared memory
+        return (64, 32, 4, 2) if kind == "fwd" else (32, 32, 4, 2)
+    if kind == "fwd":
+        return (128, 64, 8, 2) if big else (128, 64, 4, 3)
+    if kind == "dkdv":
+        return (64, 64, 4, 2) if big else (64, 128, 8, 2)
+    return (64, 64, 4, 2) if big else (128, 64, 8, 2)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _slopes(bias, H, device):
+    if isinstance(bias, Alibi):
+        return bias.slopes.to(device=device, dtype=torch.float32).contiguous(), True
+    return torch.zeros(1, device=device, dtype=torch.float32), False
+
+
+def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
+    """Runs the forward kernel; returns (out, o2 or None, stats (B, H, 4, T) float32)."""
+    kern = _kernels()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(q)
+    o2 = torch.empty_like(q) if need_o2 else out
+    stats = torch.empty(B, H, 4, T, device=q.device, dtype=torch.float32)
+    slopes, has_alibi = _slopes(bias, H, q.device)
+    BD = max(16, triton_next_pow2(D))
+    bm, bn, warps, stages = _blocks("fwd", D, q.device, q.dtype)
+    n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
+    grid = (triton_cdiv(T, bm), B * H)
+    kern._fwd_kernel[grid](
+        q, k, v, out, o2, stats, slopes,
+        H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0),
+        MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=EXTRA_BELOW_TILES,
+        CAUSAL=bool(causal), HAS_ALIBI=has_alibi, STORE_O2=bool(need_o2), BLOCK_M=bm,
+        BLOCK_N=bn, BLOCK_D=BD, R_TOP=R_TOP,
+        EVEN_D=(BD == D), PREC=_prec(q.dtype), num_warps=warps, num_stages=stages,
+    )
+    return out, (o2 if need_o2 else None), stats
+
+
+def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
+    kern = _kernels()
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    dout = dout.contiguous()
+    delta = (dout.float() * o2.float()).sum(-1).contiguous()  # (B, H, T)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    slopes, has_alibi = _slopes(bias, H, q.device)
+    BD = max(16, triton_next_pow2(D))
+    common = dict(MODE=_mode(alpha), CAUSAL=bool(causal), HAS_ALIBI=has_alibi, BLOCK_D=BD,
+                  EVEN_D=(BD == D), PREC=_prec(q.dtype))
+    args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
+    bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype)
+    kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
+        q, k, v, dout, stats, delta, dk, dv, slopes, *args,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+    bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype)
+    kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
+        q, k, v, dout, stats, delta, dq, slopes, *args,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+    return dq, dk, dv
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class TritonEntmaxAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, causal, bias, sm_scale):
+        need = any(ctx.needs_input_grad[:3])
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, o2, stats = forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=need)
+        ctx.alpha, ctx.causal, ctx.bias, ctx.sm_scale = alpha, causal, bias, sm_scale
+        if need:
+            ctx.save_for_backward(q, k, v, o2, stats)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, o2, stats = ctx.saved_tensors
+        dq, dk, dv = backward(q, k, v, o2, stats, dout, ctx.alpha, ctx.causal, ctx.bias,
+                              ctx.sm_scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def fused_backward(device) -> bool:
+    """Whether a call that needs gradients runs the fused backward kernels.
+
+    Not yet on CUDA: on an H100 (2026-11-27, triton 3.6.0) the float32 gradient parity cases
+    of tests/test_triton.py all failed (dq, dk, dv wrong, some all zero) while the forward
+    matched and the fp16/bf16 cases passed at their looser tolerance. Until the backward
+    passes on a GPU, calls that need gradients on CUDA take the torch backend (same function,
+    validated); forward-only calls (evaluation, the long-context pass) run fused.
+    SUITE_TRITON_FUSED_BACKWARD=1 forces the fused backward (the parity tests do)."""
+    if os.environ.get("SUITE_TRITON_FUSED_BACKWARD") == "1":
+        return True
+    return torch.device(device).type != "cuda"
+
+
+def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_scale=None):
+    """Normalized attention; see the package docstring for the function computed."""
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    fused = (
+        not (grad and not fused_backward(q.device))
+        and supports(norm, q.device, bias)
+        and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and q.dtype == k.dtype == v.dtype
+        and v.shape[-1] == q.shape[-1] <= 256
+        and q.shape[0] * q.shape[1] > 0
+        and q.shape[2] > 0
+        and k.shape[2] > 0
+    )
+    if not fused:
+        return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,
+                                       sm_scale=sm_scale)
+    return TritonEntmaxAttention.apply(q, k, v, float(norm.alpha), bool(causal), bias,
+                                       float(sm_scale))

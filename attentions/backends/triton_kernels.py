@@ -1,0 +1,485 @@
+"""Triton kernels of the fused alpha-entmax attention (imported only by ``triton_backend``).
+
+Units. For query row i and key j, z_ij = sm_scale * q_i . k_j + b_ij (b: ALiBi), and the kernels
+work in x_ij = (alpha - 1) * z_ij - mx_i with mx_i = max_j (alpha - 1) z_ij, so x <= 0 and the
+threshold tau_i lies in [-1, 0). With d = [x - tau]_+ and r = 1 / (alpha - 1):
+
+    p_ij = d^r / Z_i,   Z_i = sum_j d^r        (Z = 1 up to the error of tau; dividing is free)
+
+Forward, one program per (query block, batch*head), all passes inside one launch:
+1. max pass: QK^T per key tile, the tile's row maxima go into a per-row list of the R largest
+   tile maxima (R_TOP); the row max is the largest of them.
+2. start: the exact tau of that list (a subset of the row, so a lower bound of the row's tau;
+   a few cheap iterations on R values per row), which lands within ~1e-2 of the row's tau.
+3. N_TAU threshold passes: QK^T again, accumulate over x > t the count, sum(x - t) and
+   sum((x - t)^2) (alpha = 1.5: squares and adds only), then update a bracket [lo, hi] and
+   move t to the root of the quadratic model, which is exact once the support is (see
+   ``_update15``). alpha = 2: Michelot/Newton steps. Other alpha: Halley with bisection.
+4. output pass: QK^T, p, O = P V / Z and, for training, O2 = U V / sum U with U = p^(2-alpha);
+   key tiles with no entry above tau skip the PV products.
+Row statistics (mx, tau, 1/Z, Z^(alpha-2)) are stored for the backward: linear memory.
+
+Backward (two kernels, as in Triton's fused-attention tutorial): dK/dV per key block looping
+over query blocks, dQ per query block looping over key blocks; both recompute x from the row
+statistics, skip tiles without support, and use dz = U * (dP - delta), delta_i = dO_i . O2_i.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+NEG_INF = tl.constexpr(float("-inf"))
+
+
+def _fix_interpreter():
+    """Triton 3.6's interpreter turns scalars into 1-element arrays, and NumPy >= 2.3 refuses
+    int() on those, so loop bounds computed from program_id fail. Index through item()."""
+    from triton.runtime import interpreter
+
+    orig = interpreter._patch_lang_tensor
+    if getattr(orig, "_suite_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._suite_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    _fix_interpreter()
+
+
+@triton.jit
+def _load_rows(base, rows, offs_d, n_rows, D, EVEN_D: tl.constexpr, MASK: tl.constexpr):
+    """A (len(rows), BLOCK_D) tile of a contiguous (n_rows, D) matrix, zeros outside."""
+    ptrs = base + rows[:, None] * D + offs_d[None, :]
+    if EVEN_D:
+        if MASK:
+            return tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        return tl.load(ptrs)
+    if MASK:
+        return tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+    return tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+
+
+@triton.jit
+def _load_cols(base, cols, offs_d, n_rows, D, EVEN_D: tl.constexpr, MASK: tl.constexpr):
+    """The transposed tile (BLOCK_D, len(cols)) of a contiguous (n_rows, D) matrix."""
+    ptrs = base + cols[None, :] * D + offs_d[:, None]
+    if EVEN_D:
+        if MASK:
+            return tl.load(ptrs, mask=cols[None, :] < n_rows, other=0.0)
+        return tl.load(ptrs)
+    if MASK:
+        return tl.load(ptrs, mask=(cols[None, :] < n_rows) & (offs_d[:, None] < D), other=0.0)
+    return tl.load(ptrs, mask=offs_d[:, None] < D, other=0.0)
+
+
+@triton.jit
+def _scores(q, kt, rows, cols, mx, S, off, c1, slope_c,
+            MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+            PREC: tl.constexpr):
+    """x = (alpha-1) (sm_scale q k^T + bias) - mx for one (rows x cols) tile, -inf where masked."""
+    x = tl.dot(q, kt, input_precision=PREC) * c1
+    if HAS_ALIBI:
+        x = x - slope_c * tl.abs((rows[:, None] + off - cols[None, :]).to(tl.float32))
+    x = x - mx[:, None]
+    if MASK:
+        ok = cols[None, :] < S
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
+        x = tl.where(ok, x, NEG_INF)
+    return x
+
+
+@triton.jit
+def _push_top(top, v, R: tl.constexpr):
+    """Keep the R largest values per row: v replaces the row's smallest entry when larger."""
+    mn = tl.min(top, 1)
+    idx = tl.argmin(top, 1)
+    rr = tl.arange(0, R)
+    return tl.where((rr[None, :] == idx[:, None]) & (v > mn)[:, None], v[:, None], top)
+
+
+@triton.jit
+def _update15(t, lo, hi, cnt, s1, s2):
+    """alpha = 1.5 bracket update from the sums over x > t of 1, (x - t), (x - t)^2.
+
+    f(tau) = sum [x - tau]_+^2 - 1 is convex and decreasing. g(tau) = sum_{x > t} (x - tau)^2
+    equals f + 1 at t; for tau > t it is >= f + 1, for tau < t <= f + 1. So:
+    f(t) >= 0: the Newton step is a lower bound and g's smaller root an upper bound;
+    f(t) < 0: t is an upper bound and g's root a lower bound. g's root is tau itself when no
+    entry lies between t and tau, so t moves to it (clipped into the bracket).
+    """
+    f = s2 - 1.0
+    disc = s1 * s1 - cnt * f
+    has = disc >= 0.0
+    u = f / (s1 + tl.sqrt(tl.maximum(disc, 0.0)))  # smaller root - t, cancellation-free
+    u = tl.where(has, u, 0.0)
+    newton = t + f / tl.maximum(2.0 * s1, 1e-30)
+    above = f >= 0.0
+    lo = tl.where(above, tl.maximum(lo, newton), tl.where(has, tl.maximum(lo, t + u), lo))
+    hi = tl.where(above, tl.where(has, tl.minimum(hi, t + u), hi), tl.minimum(hi, t))
+    nxt = tl.where(has, tl.minimum(tl.maximum(t + u, lo), hi), lo)
+    return nxt, lo, hi
+
+
+@triton.jit
+def _update2(t, lo, hi, cnt, s1):
+    """alpha = 2 (sparsemax): f = sum [x - tau]_+ - 1 is convex, piecewise linear; the
+    support step t + (s1 - 1) / cnt is a lower bound from either side (Michelot)."""
+    f = s1 - 1.0
+    step = t + f / tl.maximum(cnt, 1.0)
+    step = tl.where(cnt > 0.0, step, lo)
+    hi = tl.where(f < 0.0, tl.minimum(hi, t), hi)
+    lo = tl.maximum(lo, step)
+    return tl.minimum(lo, hi), lo, hi
+
+
+@triton.jit
+def _pow(d, e):
+    """d^e for d > 0, 0 elsewhere (exp2/log2)."""
+    pos = d > 0.0
+    return tl.where(pos, tl.exp2(e * tl.log2(tl.where(pos, d, 1.0))), 0.0)
+
+
+@triton.jit
+def _update_gen(t, lo, hi, f0, f1, f2, r):
+    """Any alpha: Halley on f = sum d^r - 1 safeguarded by bisection (f0 = sum d^r,
+    f1 = sum d^(r-1), f2 = sum d^(r-2))."""
+    f = f0 - 1.0
+    df = -r * f1
+    ddf = r * (r - 1.0) * f2
+    lo = tl.where(f >= 0.0, t, lo)
+    hi = tl.where(f < 0.0, t, hi)
+    step = t - 2.0 * f * df / (2.0 * df * df - f * ddf)
+    ok = (step > lo) & (step < hi)
+    return tl.where(ok, step, 0.5 * (lo + hi)), lo, hi
+
+
+@triton.jit
+def _tile_stats(x, t, r, MODE: tl.constexpr):
+    """Row sums over one tile for the threshold update at t."""
+    d = x - t[:, None]
+    pos = d > 0.0
+    if MODE == 0:
+        dp = tl.where(pos, d, 0.0)
+        return tl.sum(pos.to(tl.float32), 1), tl.sum(dp, 1), tl.sum(dp * dp, 1)
+    elif MODE == 1:
+        dp = tl.where(pos, d, 0.0)
+        return tl.sum(pos.to(tl.float32), 1), tl.sum(dp, 1), tl.sum(dp, 1) * 0.0
+    else:
+        ds = tl.where(pos, d, 1.0)
+        lg = tl.log2(ds)
+        a = tl.where(pos, tl.exp2((r - 2.0) * lg), 0.0)  # d^(r-2)
+        b = a * ds  # d^(r-1)
+        return tl.sum(b * ds, 1), tl.sum(b, 1), tl.sum(a, 1)
+
+
+@triton.jit
+def _p_u(d, r, MODE: tl.constexpr):
+    """Unnormalized p = d^r and u = d^(r-1) (proportional to p^(2-alpha)), d > 0 only."""
+    if MODE == 0:
+        dp = tl.maximum(d, 0.0)
+        return dp * dp, dp
+    elif MODE == 1:
+        dp = tl.maximum(d, 0.0)
+        return dp, (d > 0.0).to(tl.float32)
+    else:
+        pos = d > 0.0
+        lg = tl.log2(tl.where(pos, d, 1.0))
+        return tl.where(pos, tl.exp2(r * lg), 0.0), tl.where(pos, tl.exp2((r - 1.0) * lg), 0.0)
+
+
+@triton.jit
+def _stats_pass(q, kb, rows, offs_n, offs_d, t, mx, S, D, off, c1, slope_c, r, full_n, hi_n,
+                MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """One dense pass over the visible key tiles: the row sums of ``_tile_stats`` at t."""
+    c = t * 0.0
+    s1 = t * 0.0
+    s2 = t * 0.0
+    for n0 in range(0, full_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
+        x = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI, PREC)
+        a, b, e = _tile_stats(x, t, r, MODE)
+        c += a
+        s1 += b
+        s2 += e
+    for n0 in range(full_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
+        x = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI, PREC)
+        a, b, e = _tile_stats(x, t, r, MODE)
+        c += a
+        s1 += b
+        s2 += e
+    return c, s1, s2
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
+                H, T, S, D, off, sm_scale, am1, r,
+                MODE: tl.constexpr, N_TAU: tl.constexpr, EXTRA: tl.constexpr,
+                EXTRA_BELOW: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    rows = i0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    qb = Q + bh * T * D
+    kb = K + bh * S * D
+    vb = V + bh * S * D
+    q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, True)
+    c1 = sm_scale * am1
+    slope_c = 0.0
+    if HAS_ALIBI:
+        slope_c = tl.load(SLOPES + bh % H) * am1
+    if CAUSAL:
+        hi_n = tl.minimum(S, i0 + BLOCK_M + off)
+        full_n = tl.minimum(tl.maximum(i0 + off + 1, 0) // BLOCK_N * BLOCK_N, hi_n)
+        full_n = tl.maximum(full_n, 0)
+    else:
+        hi_n = S
+        full_n = S // BLOCK_N * BLOCK_N
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # 1. max pass, keeping the R_TOP largest tile maxima of each row
+    top = tl.full([BLOCK_M, R_TOP], NEG_INF, dtype=tl.float32)
+    for n0 in range(0, full_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
+        x = _scores(q, kt, rows, cols, zero, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI, PREC)
+        top = _push_top(top, tl.max(x, 1), R_TOP)
+    for n0 in range(full_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
+        x = _scores(q, kt, rows, cols, zero, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI, PREC)
+        top = _push_top(top, tl.max(x, 1), R_TOP)
+    m = tl.max(top, 1)
+    live = m > NEG_INF
+    mx = tl.where(live, m, 0.0)
+
+    # 2. start: tau of the top list (a lower bound of the row's tau)
+    lo = zero - 1.0
+    hi = zero
+    if MODE == 2:
+        if CAUSAL:
+            n_vis = tl.minimum(tl.maximum(rows + off + 1, 1), S)
+        else:
+            n_vis = zero + S
+        hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)  # -n^(1-alpha)
+        t = 0.5 * (lo + hi)
+    else:
+        xs = top - mx[:, None]
+        t = lo
+        slo = lo
+        shi = hi
+        for _ in range(12):
+            c, s1, s2 = _tile_stats(xs, t, r, MODE)
+            if MODE == 0:
+                t, slo, shi = _update15(t, slo, shi, c, s1, s2)
+            else:
+                t, slo, shi = _update2(t, slo, shi, c, s1)
+        lo = slo
+        t = tl.maximum(t, lo)
+
+    # 3. threshold passes; blocks whose rows see few key tiles (a short top list, so a rougher
+    #    start) take EXTRA more
+    n_pass = N_TAU + EXTRA * (hi_n <= EXTRA_BELOW * BLOCK_N).to(tl.int32)
+    for _ in range(n_pass):
+        c, s1, s2 = _stats_pass(q, kb, rows, offs_n, offs_d, t, mx, S, D, off, c1, slope_c, r,
+                                full_n, hi_n, MODE, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        if MODE == 0:
+            t, lo, hi = _update15(t, lo, hi, c, s1, s2)
+        elif MODE == 1:
+            t, lo, hi = _update2(t, lo, hi, c, s1)
+        else:
+            t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
+    tau = tl.where(live, t, 0.0)
+
+    # 4. output pass over the tiles holding support
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    zp = zero
+    zu = zero
+    for n0 in range(0, full_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
+        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI,
+                    PREC) - tau[:, None]
+        if tl.max(tl.max(d, 1), 0) > 0.0:
+            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, False)
+            p, u = _p_u(d, r, MODE)
+            zp += tl.sum(p, 1)
+            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            if STORE_O2:
+                zu += tl.sum(u, 1)
+                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+    for n0 in range(full_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
+        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI,
+                    PREC) - tau[:, None]
+        if tl.max(tl.max(d, 1), 0) > 0.0:
+            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, True)
+            p, u = _p_u(d, r, MODE)
+            zp += tl.sum(p, 1)
+            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            if STORE_O2:
+                zu += tl.sum(u, 1)
+                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+
+    zinv = tl.where(live & (zp > 0.0), 1.0 / zp, 0.0)
+    rmask = rows < T
+    optr = rows[:, None] * D + offs_d[None, :]
+    omask = rmask[:, None] & (offs_d[None, :] < D)
+    tl.store(Out + bh * T * D + optr, (acc * zinv[:, None]).to(Out.dtype.element_ty),
+             mask=omask)
+    if STORE_O2:
+        zuinv = tl.where(zu > 0.0, 1.0 / zu, 0.0)
+        tl.store(O2 + bh * T * D + optr, (acc2 * zuinv[:, None]).to(O2.dtype.element_ty),
+                 mask=omask)
+    # U = p^(2-alpha) = u * Z^(alpha-2)
+    usc = tl.where(zinv > 0.0, tl.exp2((2.0 - (1.0 + 1.0 / r)) * tl.log2(
+        tl.where(zinv > 0.0, zinv, 1.0))), 0.0)
+    sb = STATS + bh * 4 * T
+    tl.store(sb + rows, mx, mask=rmask)
+    tl.store(sb + T + rows, tau, mask=rmask)
+    tl.store(sb + 2 * T + rows, zinv, mask=rmask)
+    tl.store(sb + 3 * T + rows, usc, mask=rmask)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, STATS, DELTA, DK, DV, SLOPES,
+                     H, T, S, D, off, sm_scale, am1, r,
+                     MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """dK, dV for one block of BLOCK_N keys; transposed tiles (keys x queries)."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    j0 = pid_n * BLOCK_N
+    cols = j0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + bh * S * D, cols, offs_d, S, D, EVEN_D, True)
+    v = _load_rows(V + bh * S * D, cols, offs_d, S, D, EVEN_D, True)
+    qb = Q + bh * T * D
+    dob = DO + bh * T * D
+    sb = STATS + bh * 4 * T
+    db = DELTA + bh * T
+    c1 = sm_scale * am1
+    slope_c = 0.0
+    if HAS_ALIBI:
+        slope_c = tl.load(SLOPES + bh % H) * am1
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if CAUSAL:
+        # query i sees key j when j <= i + off
+        start_m = tl.maximum(j0 - off, 0) // BLOCK_M * BLOCK_M
+        diag_end = j0 + BLOCK_N - 1 - off  # query blocks starting below need the mask
+    else:
+        start_m = 0
+        diag_end = 0
+    for m0 in range(start_m, T, BLOCK_M):
+        rows = m0 + offs_m
+        rmask = rows < T
+        q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, True)
+        do = _load_rows(dob, rows, offs_d, T, D, EVEN_D, True)
+        mx = tl.load(sb + rows, mask=rmask, other=0.0)
+        tau = tl.load(sb + T + rows, mask=rmask, other=0.0)
+        # xT: (keys, queries)
+        xt = tl.dot(k, tl.trans(q), input_precision=PREC) * c1
+        if HAS_ALIBI:
+            xt = xt - slope_c * tl.abs((rows[None, :] + off - cols[:, None]).to(tl.float32))
+        dt = xt - mx[None, :] - tau[None, :]
+        ok = (cols[:, None] < S) & rmask[None, :]
+        if CAUSAL:
+            if m0 < diag_end:
+                ok = ok & (cols[:, None] <= rows[None, :] + off)
+        dt = tl.where(ok, dt, NEG_INF)
+        if tl.max(tl.max(dt, 1), 0) > 0.0:
+            zinv = tl.load(sb + 2 * T + rows, mask=rmask, other=0.0)
+            usc = tl.load(sb + 3 * T + rows, mask=rmask, other=0.0)
+            delta = tl.load(db + rows, mask=rmask, other=0.0)
+            p, u = _p_u(dt, r, MODE)
+            p = p * zinv[None, :]
+            u = u * usc[None, :]
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+            dst = u * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+    omask = (cols[:, None] < S) & (offs_d[None, :] < D)
+    optr = bh * S * D + cols[:, None] * D + offs_d[None, :]
+    tl.store(DK + optr, (dk * sm_scale).to(DK.dtype.element_ty), mask=omask)
+    tl.store(DV + optr, dv.to(DV.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, STATS, DELTA, DQ, SLOPES,
+                   H, T, S, D, off, sm_scale, am1, r,
+                   MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """dQ for one block of BLOCK_M queries."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    i0 = pid_m * BLOCK_M
+    rows = i0 + tl.arange(0, BLOCK_M)
+    rmask = rows < T
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q + bh * T * D, rows, offs_d, T, D, EVEN_D, True)
+    do = _load_rows(DO + bh * T * D, rows, offs_d, T, D, EVEN_D, True)
+    sb = STATS + bh * 4 * T
+    mx = tl.load(sb + rows, mask=rmask, other=0.0)
+    tau = tl.load(sb + T + rows, mask=rmask, other=0.0)
+    usc = tl.load(sb + 3 * T + rows, mask=rmask, other=0.0)
+    delta = tl.load(DELTA + bh * T + rows, mask=rmask, other=0.0)
+    kb = K + bh * S * D
+    vb = V + bh * S * D
+    c1 = sm_scale * am1
+    slope_c = 0.0
+    if HAS_ALIBI:
+        slope_c = tl.load(SLOPES + bh % H) * am1
+    if CAUSAL:
+        hi_n = tl.minimum(S, i0 + BLOCK_M + off)
+        full_n = tl.minimum(tl.maximum(i0 + off + 1, 0) // BLOCK_N * BLOCK_N, hi_n)
+        full_n = tl.maximum(full_n, 0)
+    else:
+        hi_n = S
+        full_n = S // BLOCK_N * BLOCK_N
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        masked = n0 >= full_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
+        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI,
+                    PREC) - tau[:, None]
+        if masked:
+            ok = cols[None, :] < S
+            if CAUSAL:
+                ok = ok & (cols[None, :] <= rows[:, None] + off)
+            d = tl.where(ok, d, NEG_INF)
+        if tl.max(tl.max(d, 1), 0) > 0.0:
+            vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, True)
+            _, u = _p_u(d, r, MODE)
+            u = u * usc[:, None]
+            dp = tl.dot(do, vt, input_precision=PREC)
+            ds = u * (dp - delta[:, None])
+            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+    omask = rmask[:, None] & (offs_d[None, :] < D)
+    tl.store(DQ + bh * T * D + rows[:, None] * D + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=omask)

@@ -1,0 +1,65 @@
+"""`suite leaderboard` and `suite ui` (suite/cli.py dispatches here). Importing this module is
+cheap: mlflow loads only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else results/mlflow.db)"
+
+
+def add_leaderboard_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    parser.add_argument("--profile", default=None,
+                        help="the profile whose runs to rank (default: the newest run's)")
+    parser.add_argument("--no-log", action="store_true",
+                        help="write results/leaderboard.* but log no leaderboard run")
+
+
+def leaderboard_cmd(args) -> int:
+    """Print the tables, write results/leaderboard.{csv,md,png,html}, log the leaderboard run."""
+    from .report import make
+
+    rep = make(args.tracking_uri, getattr(args, "profile", None), Path("results"),
+               log=not getattr(args, "no_log", False))
+    print(rep.text)
+    if rep.files:
+        print(f"\nwritten: {', '.join(str(p) for p in rep.files)}")
+    if rep.run_id:
+        print(f"logged: leaderboard run {rep.run_id} in {rep.uri} (see it with `suite ui`)")
+    return 0
+
+
+def add_ui_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (5000)")
+    parser.add_argument("--tracking-uri", default=None, help=URI_HELP)
+
+
+def ui_cmd(args) -> int:
+    """Start the MLflow UI over the store and print the leaderboard run's URL; Ctrl-C stops."""
+    from . import ui
+    from .report import latest
+    from .tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri)  # a corrupt or unreachable store fails here
+    found = latest(tracker)
+    if ui.is_http(tracker.uri):
+        print(f"the store is a tracking server: its UI is {ui.run_url(tracker.uri, found)}")
+        return 0
+    base = f"http://{ui.HOST}:{args.port}"
+    proc = ui.start(tracker.uri, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        ui.wait_ready(proc, base)
+        print(f"MLflow UI over {tracker.uri} (mlflow server pid {proc.pid})", flush=True)
+        print(("leaderboard run: " if found else "no leaderboard run yet (run `suite "
+               "leaderboard`); experiments: ") + ui.run_url(base, found), flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ui.stop(proc)

@@ -1,0 +1,100 @@
+"""`suite bench` results in the store: ``log_bench`` writes one run of experiment ``bench``
+(the rows as a table artifact and as metrics, the length as the step), ``records`` reads the
+newest such run per device back for the leaderboard's speed table, where ``ratio`` is an
+implementation's median time over ``BASELINE``'s at the same length and pass, measured in the
+same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+EXPERIMENT = "bench"
+TABLE = "bench_table.json"
+BASELINE = "sdpa_softmax"
+FILTER = "tags.`suite.kind` = 'bench' and attributes.status = 'FINISHED'"
+SCHEMA = {"device": pl.Utf8, "impl": pl.Utf8, "T": pl.Int64, "pass": pl.Utf8,
+          "median_ms": pl.Float64}
+
+
+def metric_key(row: Mapping[str, Any]) -> str:
+    """e.g. ``median_ms.numba_entmax15.fwd_bwd`` (MLflow keys allow no "+")."""
+    return "median_ms." + re.sub(r"[^0-9A-Za-z_.-]+", "_", f"{row['impl']}.{row['pass']}")
+
+
+def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None) -> str:
+    """Store one `suite bench` run; returns its run id. If the store fails, the rows are kept
+    in ``results/bench-unlogged-<time>.json`` and the error names that file and the URI."""
+    from .gitinfo import git_state
+    from .tracking import Tracker, TrackingError
+
+    rows = [dict(r) for r in rows]
+    try:
+        tracker = Tracker(tracking_uri)
+        device = str(rows[0].get("device", "")) if rows else ""
+        tags = {"suite.kind": "bench", "suite.device": device,
+                **{f"suite.{k}": v for k, v in git_state().items()}}
+        with tracker.run(EXPERIMENT, f"bench | {device}", {"rows": len(rows)}, tags) as log:
+            for row in rows:
+                log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
+            tracker.client.log_table(log.run_id, _columns(rows), TABLE)
+            return log.run_id
+    except TrackingError as err:
+        kept = _keep(rows)
+        raise TrackingError(f"{err} The benchmark rows are kept in {kept}.") from err
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _keep(rows) -> Path:
+    path = Path("results") / f"bench-unlogged-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1, default=str))
+    return path.resolve()
+
+
+def records(tracker) -> pl.DataFrame:
+    """The rows of the newest FINISHED bench run per device, with ``ratio`` to BASELINE."""
+    from .tracking import store_errors
+
+    with store_errors(tracker.uri, "read"):
+        exp = tracker.client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return pl.DataFrame(schema={**SCHEMA, "ratio": pl.Float64})
+    newest: dict[str, str] = {}
+    for run in tracker.search([exp.experiment_id], FILTER):  # newest first
+        newest.setdefault(run.data.tags.get("suite.device", ""), run.info.run_id)
+    frames = [_table(tracker, run_id, device) for device, run_id in newest.items()]
+    return ratios(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMA))
+
+
+def _table(tracker, run_id: str, device: str) -> pl.DataFrame:
+    from .tracking import store_errors
+
+    with tempfile.TemporaryDirectory() as tmp, store_errors(tracker.uri, "read"):
+        path = tracker.client.download_artifacts(run_id, TABLE, tmp)
+        data = json.loads(Path(path).read_text())
+    df = pl.DataFrame(data["data"], schema=data["columns"], orient="row")
+    return df.select(pl.lit(device).alias("device"), pl.col("impl").cast(pl.Utf8),
+                     pl.col("T").cast(pl.Int64), pl.col("pass").cast(pl.Utf8),
+                     pl.col("median_ms").cast(pl.Float64))
+
+
+def ratios(df: pl.DataFrame) -> pl.DataFrame:
+    """Add ``ratio``: median_ms over BASELINE's median_ms at the same (device, T, pass)."""
+    base = df.filter(pl.col("impl") == BASELINE).select(
+        "device", "T", "pass", pl.col("median_ms").alias("_base"))
+    return (df.join(base, on=["device", "T", "pass"], how="left", maintain_order="left")
+            .with_columns((pl.col("median_ms") / pl.col("_base")).alias("ratio"))
+            .drop("_base"))

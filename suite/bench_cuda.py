@@ -1,0 +1,271 @@
+"""GPU benchmark of fused sparse attention against softmax flash: ``python -m suite.bench_cuda``.
+
+One run times, on the current CUDA device, causal attention with bf16 Gaussian q, k, v,
+B=2, H=16, D=64 (B=1 and forward only at T=65536):
+
+- ``sdpa_flash``: softmax ``scaled_dot_product_attention`` forced to the FLASH backend (the
+  baseline of every ratio);
+- ``triton_entmax15``: our fused kernel (``attentions.backends.triton_backend``), alpha=1.5;
+- extra rows of ours (``--extras``): ALiBi/NAPE slopes (alpha=1.5) and generic alpha=1.25;
+- ``adasplash_v2`` (niter=1) when ``adasplash`` imports (power-of-two T only, its restriction).
+
+Cells: forward (inputs without grad) and forward+backward (forward then backward of a fixed
+cotangent), medians of ``triton.testing.do_bench``; peak memory of one call (allocated bytes
+above what the inputs hold); for ours, the relative error of the forward against the torch
+backend in float32 on the first 2 heads (a check that the timed kernel computes the function).
+Every cell catches its own failure and prints it, so one call gives the whole table.
+``--sweep`` first times a few block configurations of our kernels (forward, dK/dV, dQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+H, D = 16, 64
+LENGTHS = (1024, 4096, 16384, 65536)
+FWD_ONLY_FROM = 65536
+
+
+def _sdpa(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _ours(alpha=1.5, alibi=False):
+    from attentions.backends import triton_backend as TB
+    from attentions.normalizer import Alibi, Normalizer, nape_slopes
+
+    norm = Normalizer("entmax", alpha=alpha)
+    bias = Alibi(nape_slopes(H).cuda()) if alibi else None
+
+    def fn(q, k, v):
+        return TB.attention(q, k, v, norm=norm, causal=True, bias=bias)
+
+    fn.norm, fn.bias = norm, bias
+    return fn
+
+
+def _adasplash():
+    from adasplash import adasplash_v2
+
+    return lambda q, k, v: adasplash_v2(q, k, v, niter=1)
+
+
+def implementations(extras: bool):
+    out = {"sdpa_flash": _sdpa, "triton_entmax15": _ours(1.5)}
+    if extras:
+        out["triton_entmax15_nape"] = _ours(1.5, alibi=True)
+        out["triton_entmax125"] = _ours(1.25)
+    try:
+        out["adasplash_v2"] = _adasplash()
+    except Exception as err:  # optional peer
+        print(f"# adasplash not available: {type(err).__name__}: {err}")
+    return out
+
+
+def _inputs(B, T, dtype, grad, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype, generator=g)
+               for _ in range(3))
+    return [t.requires_grad_(grad) for t in (q, k, v)]
+
+
+def _bench(fn, warmup=10, rep=50):
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _peak_gib(fn):
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _check(fn, T):
+    """Relative error of our forward against the torch backend in float32 (2 heads)."""
+    from attentions.backends import torch_backend
+
+    Tc = min(T, 4096)
+    q, k, v = _inputs(1, Tc, torch.bfloat16, False, seed=1)
+    q, k, v = (t[:, :2].contiguous() for t in (q, k, v))
+    y = fn(q, k, v).float()
+    ref = torch_backend.attention(q.float(), k.float(), v.float(), norm=fn.norm, causal=True,
+                                  bias=None if fn.bias is None else type(fn.bias)(
+                                      fn.bias.slopes[:2]))
+    return float((y - ref).norm() / ref.norm())
+
+
+def measure(name, fn, T, do_bwd):
+    B = 1 if T >= FWD_ONLY_FROM else 2
+    row = {"impl": name, "T": T, "B": B, "H": H, "D": D, "dtype": "bf16"}
+    try:
+        if name == "adasplash_v2" and T & (T - 1):
+            raise RuntimeError("adasplash needs a power-of-two T")
+        q, k, v = _inputs(B, T, torch.bfloat16, False)
+        with torch.no_grad():
+            fn(q, k, v)  # compile / autotune outside the timing
+            row["fwd_ms"] = _bench(lambda: fn(q, k, v))
+            row["fwd_peak_gib"] = _peak_gib(lambda: fn(q, k, v))
+        del q, k, v
+        if do_bwd and T < FWD_ONLY_FROM:
+            q, k, v = _inputs(B, T, torch.bfloat16, True)
+            g = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+
+            def step():
+                out = fn(q, k, v)
+                out.backward(g)
+
+            step()
+            row["fwdbwd_ms"] = _bench(step)
+            row["fwdbwd_peak_gib"] = _peak_gib(step)
+            del q, k, v, g
+        if hasattr(fn, "norm"):
+            row["rel_err_vs_torch_fp32"] = _check(fn, T)
+    except Exception as err:
+        row["error"] = f"{type(err).__name__}: {err}"
+        print(f"# {name} T={T} failed:\n{traceback.format_exc()}", file=sys.stderr)
+    torch.cuda.empty_cache()
+    return row
+
+
+FWD_CFGS = ["128,64,4,3", "128,64,8,3", "128,128,8,3", "64,64,4,3", "128,64,4,2", "128,32,4,3"]
+DKDV_CFGS = ["64,128,8,2", "64,64,4,2", "32,128,4,2", "64,128,8,3", "32,64,4,2"]
+DQ_CFGS = ["128,64,8,2", "64,64,4,2", "128,32,8,2", "64,32,4,2", "128,64,4,3"]
+
+
+def _timed_with(env_key, cfg, fn):
+    os.environ[env_key] = cfg
+    try:
+        fn()
+        return _bench(fn)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    finally:
+        os.environ.pop(env_key, None)
+
+
+def _sweep_one(T):
+    from attentions.backends import triton_backend as TB
+
+    out = []
+    fn = _ours(1.5)
+    sm = 1 / math.sqrt(D)
+    q, k, v = _inputs(2, T, torch.bfloat16, False)
+    with torch.no_grad():
+        for cfg in FWD_CFGS:
+            ms = _timed_with("SUITE_TRITON_BLOCKS_FWD", cfg, lambda: fn(q, k, v))
+            out.append({"kernel": "fwd", "cfg": cfg, "T": T, "ms": ms})
+            print(out[-1], flush=True)
+        _, o2, stats = TB.forward(q, k, v, 1.5, True, None, sm)
+        g = torch.randn_like(q)
+        for kind, cfgs in (("dkdv", DKDV_CFGS), ("dq", DQ_CFGS)):
+            for cfg in cfgs:
+                ms = _timed_with(f"SUITE_TRITON_BLOCKS_{kind.upper()}", cfg, lambda: TB.backward(
+                    q, k, v, o2, stats, g, 1.5, True, None, sm))
+                out.append({"kernel": f"bwd ({kind} varied)", "cfg": cfg, "T": T, "ms": ms})
+                print(out[-1], flush=True)
+    return out
+
+
+def sweep(lengths=(4096, 16384)):
+    """Times our alpha=1.5 kernels under a few block configurations (env overrides)."""
+    out = []
+    for T in lengths:
+        out += _sweep_one(T)
+        torch.cuda.empty_cache()
+    return out
+
+
+def format_table(rows):
+    base = {(r["T"], p): r.get(p) for r in rows if r["impl"] == "sdpa_flash"
+            for p in ("fwd_ms", "fwdbwd_ms")}
+    head = (f"{'impl':24s} {'T':>6s} {'fwd ms':>9s} {'f+b ms':>9s} {'fwd/SDPA':>9s} "
+            f"{'f+b/SDPA':>9s} {'peak GiB':>9s} {'rel err':>9s}  note")
+    lines = [head, "-" * len(head)]
+
+    def f(x, spec=".3f"):
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+    for r in rows:
+        fr = (r["fwd_ms"] / base[(r["T"], "fwd_ms")]
+              if r.get("fwd_ms") and base.get((r["T"], "fwd_ms")) else None)
+        br = (r["fwdbwd_ms"] / base[(r["T"], "fwdbwd_ms")]
+              if r.get("fwdbwd_ms") and base.get((r["T"], "fwdbwd_ms")) else None)
+        peak = max(r.get("fwd_peak_gib") or 0, r.get("fwdbwd_peak_gib") or 0) or None
+        lines.append(f"{r['impl']:24s} {r['T']:6d} {f(r.get('fwd_ms')):>9s} "
+                     f"{f(r.get('fwdbwd_ms')):>9s} {f(fr, '.2f'):>9s} {f(br, '.2f'):>9s} "
+                     f"{f(peak, '.2f'):>9s} {f(r.get('rel_err_vs_torch_fp32'), '.1e'):>9s}  "
+                     f"{r.get('error', '')[:80]}")
+    return "\n".join(lines)
+
+
+def environment():
+    import triton
+
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+           "gpu": torch.cuda.get_device_name(), "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        from importlib.metadata import version
+
+        env["adasplash"] = version("adasplash")
+    except Exception:
+        env["adasplash"] = None
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="write the rows and environment as JSON here")
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--no-bwd", action="store_true", help="forward only")
+    ap.add_argument("--extras", action="store_true", help="also ALiBi and alpha=1.25 rows")
+    ap.add_argument("--sweep", action="store_true", help="first time block configurations")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_cuda needs a CUDA device", file=sys.stderr)
+        return 2
+    env = environment()
+    print("#", json.dumps(env), flush=True)
+    result = {"env": env, "rows": []}
+    if args.sweep:
+        try:
+            result["sweep"] = sweep()
+        except Exception:
+            traceback.print_exc()
+    impls = implementations(args.extras)
+    for T in (int(t) for t in args.lengths.split(",")):
+        for name, fn in impls.items():
+            if name in ("triton_entmax15_nape", "triton_entmax125") and T > 16384:
+                continue
+            row = measure(name, fn, T, not args.no_bwd)
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "w") as fh:
+                    json.dump(result, fh, indent=1)
+    print(format_table(result["rows"]), flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The leaderboard: golden tables on records built by hand, the round trip through `suite run`
+and `suite leaderboard` into a temporary store, and bad stores (corrupt, unreachable)."""
+
+import csv
+import io
+import json
+import shutil
+import time
+
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from results import leaderboard as lb
+from results import speed as sp
+from results.report import latest
+from results.tracking import Tracker, TrackingError
+from results.ui import free_port
+from suite.cli import main
+
+DAY = 1_790_000_000_000  # 2026-09-21, ms
+
+
+def rec(run, start, task, att, seed, length, train, metric, value, profile="quick"):
+    return (run, start, task, att, seed, profile, "cpu: x86_64", "abc1234", length, train,
+            metric, value)
+
+
+def fixed_records() -> pl.DataFrame:
+    rows = []
+    ff = {("softmax", 0): (100, 50, 100, 75), ("softmax", 1): (100, 30, 100, 65),
+          ("entmax", 0): (100, 80, 100, 90), ("entmax", 1): (90, 60, 95, 80)}
+    for (att, seed), (em64, em256, ta64, ta256) in ff.items():
+        run = f"{att}{seed}"
+        rows += [rec(run, DAY + 10, "flip_flop", att, seed, 64, 64, "exact_match", em64),
+                 rec(run, DAY + 10, "flip_flop", att, seed, 256, 64, "exact_match", em256),
+                 rec(run, DAY + 10, "flip_flop", att, seed, 64, 64, "token_acc", ta64),
+                 rec(run, DAY + 10, "flip_flop", att, seed, 256, 64, "token_acc", ta256)]
+    # an older rerun of a seed and another profile: neither may count
+    rows.append(rec("old", DAY, "flip_flop", "softmax", 0, 256, 64, "exact_match", 0.0))
+    rows.append(rec("smk", DAY - 5, "flip_flop", "softmax", 2, 256, 64, "exact_match", 0.0,
+                    profile="smoke"))
+    for att, ppl in (("softmax", (3.5, 9.25)), ("entmax", (3.25, 4.0))):
+        rows += [rec(f"lm-{att}", DAY + 20, "lm", att, 0, n, 128, "perplexity", p)
+                 for n, p in zip((128, 512), ppl)]
+    rows += [rec("niah", DAY + 30, "niah", "asentmax", 0, 512, 128, "retrieval_acc", 40.0),
+             rec("niah", DAY + 30, "niah", "asentmax", 0, 512, 128, "token_acc", 70.0)]
+    return pl.DataFrame(rows, schema=lb.SCHEMA, orient="row")
+
+
+GOLDEN_CSV = """\
+task,attention,length,multiple,exact_match_mean,exact_match_std,token_acc_mean,token_acc_std,\
+seeds,perplexity_mean,perplexity_std,retrieval_acc_mean,retrieval_acc_std
+flip_flop,entmax,64,1.0,95.0,7.0710678118654755,97.5,3.5355339059327378,2,,,,
+flip_flop,entmax,256,4.0,70.0,14.142135623730951,85.0,7.0710678118654755,2,,,,
+flip_flop,softmax,64,1.0,100.0,0.0,100.0,0.0,2,,,,
+flip_flop,softmax,256,4.0,40.0,14.142135623730951,70.0,7.0710678118654755,2,,,,
+lm,entmax,128,1.0,,,,,1,3.25,,,
+lm,entmax,512,4.0,,,,,1,4.0,,,
+lm,softmax,128,1.0,,,,,1,3.5,,,
+lm,softmax,512,4.0,,,,,1,9.25,,,
+niah,asentmax,512,4.0,,,70.0,,1,,,40.0,
+"""
+
+GOLDEN_MD = """\
+# Attention leaderboard
+
+about
+
+## flip_flop
+
+exact match % [token accuracy %], teacher forced; mean±std over seeds; **bold**: best per \
+column; training length 64
+
+| attention | 64 (1x) | 256 (4x) |
+|---|---:|---:|
+| entmax | 95.0±7.1 [97.5] | **70.0**±14.1 [85.0] |
+| softmax | **100.0**±0.0 [100.0] | 40.0±14.1 [70.0] |
+
+## lm
+
+perplexity per byte (lower is better); mean±std over seeds; **bold**: best per column; \
+training length 128
+
+| attention | 128 (1x) | 512 (4x) |
+|---|---:|---:|
+| entmax | **3.25** | **4.00** |
+| softmax | 3.50 | 9.25 |
+
+## niah
+
+retrieval accuracy % [token accuracy %]; mean±std over seeds; **bold**: best per column; \
+training length 128
+
+| attention | 512 (4x) |
+|---|---:|
+| asentmax | **40.0** [70.0] |
+"""
+
+GOLDEN_TERMINAL = """\
+flip_flop: exact match % [token accuracy %], teacher forced; mean±std over seeds; * best per \
+column (training length 64)
+attention             64 (1x)           256 (4x)
+entmax       95.0±7.1 [97.5]   70.0±14.1 [85.0]*
+softmax    100.0±0.0 [100.0]*  40.0±14.1 [70.0]"""
+
+
+def golden_table() -> pl.DataFrame:
+    recs, profile = lb.select(fixed_records())
+    assert profile == "quick"  # the newest run's profile
+    return lb.table(recs)
+
+
+def test_golden_csv():
+    assert lb.csv_text(golden_table()) == GOLDEN_CSV
+
+
+def test_golden_markdown():
+    assert lb.markdown(golden_table(), about="about") == GOLDEN_MD
+
+
+def test_golden_terminal():
+    text = lb.render(golden_table().filter(pl.col("task") == "flip_flop"))
+    assert text == GOLDEN_TERMINAL
+
+
+def test_about_states_provenance():
+    recs, profile = lb.select(fixed_records())
+    assert lb.about(recs, profile) == (
+        "Profile `quick`: 7 cell runs, 1-2 seed(s) per cell; device cpu: x86_64; commit "
+        "abc1234; runs of 2026-09-21. Made by `suite leaderboard`.")
+
+
+def test_html_marks_the_best_and_inlines_the_plot():
+    page = lb.html(golden_table(), png_b64="AAAA")
+    assert "<b>100.0</b>±0.0 [100.0]" in page and "<b>70.0</b>±14.1 [85.0]" in page
+    assert "src='data:image/png;base64,AAAA'" in page and page.count("<table>") == 3
+
+
+BENCH_ROWS = [{"impl": i, "T": t, "pass": p, "median_ms": ms, "device": "cpu"}
+              for i, t, p, ms in [("sdpa_softmax", 1024, "fwd", 2.0),
+                                  ("numba_entmax15", 1024, "fwd", 5.0),
+                                  ("sdpa_softmax", 4096, "fwd", 20.0),
+                                  ("numba_entmax15", 4096, "fwd", 30.0),
+                                  ("numba_entmax15", 4096, "fwd+bwd", 99.0)]]
+
+
+def test_golden_speed_table():
+    speed = sp.ratios(pl.DataFrame(BENCH_ROWS).select(list(sp.SCHEMA)))
+    md = lb.markdown(lb.table(pl.DataFrame(schema=lb.SCHEMA)), speed)
+    assert md == """\
+# Attention leaderboard
+
+## Speed, fwd, cpu: median ms (ratio to sdpa_softmax)
+
+| implementation | T=1024 | T=4096 |
+|---|---:|---:|
+| sdpa_softmax | 2.0 (1.00x) | 20.0 (1.00x) |
+| numba_entmax15 | 5.0 (2.50x) | 30.0 (1.50x) |
+
+## Speed, fwd+bwd, cpu: median ms (ratio to sdpa_softmax)
+
+| implementation | T=4096 |
+|---|---:|
+| numba_entmax15 | 99.0 |
+"""
+
+
+# ----------------------------------------------------------------------------- with a store
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory):
+    """An initialised, empty embedded store, copied per test (creating one takes seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, empty_db):
+    monkeypatch.chdir(tmp_path)  # results/ (checkpoints, leaderboard files) go here
+    (tmp_path / "store").mkdir()
+    shutil.copy(empty_db, tmp_path / "store/mlflow.db")
+    return f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def fill(uri: str) -> None:
+    """Two finished cell runs, logged as `suite run` logs them (no training)."""
+    tracker = Tracker(uri)
+    for att, em in (("softmax", {64: 75.0, 128: 50.0}), ("entmax", {64: 50.0, 128: 62.5})):
+        tags = {"suite.kind": "cell", "suite.task": "flip_flop", "suite.attention": att,
+                "suite.seed": "0", "suite.profile": "smoke", "suite.train_length": "64",
+                "suite.device": "cpu", "suite.config_hash": att}
+        with tracker.run("flip_flop", f"{att} | flip_flop | seed 0", {"seed": 0}, tags) as log:
+            for n, v in em.items():
+                values = {"exact_match": v, "token_acc": 50 + v / 2}
+                log.metrics({**values, **{f"{k}_L{n}": x for k, x in values.items()}}, step=n)
+
+
+SWEEP = ["run", "--profile", "smoke", "--attention", "softmax", "--attention", "ssmax",
+         "--seeds", "2", "--no-progress"]
+
+
+def test_round_trip_sweep_then_leaderboard(store, tmp_path, capsys):
+    assert main([*SWEEP, "--tracking-uri", store]) == 0
+    sp.log_bench(BENCH_ROWS, store)
+    capsys.readouterr()
+    assert main(["leaderboard", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "flip_flop: exact match" in out and "Speed, fwd, cpu" in out
+    logged = logged_metrics(store)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results/leaderboard.csv").read_text())))
+    assert list(rows[0]) == lb.COLUMNS and len(rows) == 4  # 2 attentions x 2 lengths
+    for row in rows:
+        seeds = [logged[(row["attention"], s)] for s in (0, 1)]
+        for metric in ("exact_match", "token_acc"):
+            values = [m[f"{metric}_L{row['length']}"] for m in seeds]
+            assert float(row[f"{metric}_mean"]) == pytest.approx(sum(values) / 2, abs=1e-12)
+            assert float(row[f"{metric}_std"]) == pytest.approx(
+                abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-12)
+        assert row["seeds"] == "2" and float(row["multiple"]) == int(row["length"]) / 64
+    check_leaderboard_run(store, tmp_path)
+
+
+def logged_metrics(uri) -> dict:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("flip_flop")
+    return {(r.data.tags["suite.attention"], int(r.data.tags["suite.seed"])): r.data.metrics
+            for r in client.search_runs([exp.experiment_id])}
+
+
+def check_leaderboard_run(uri, tmp_path):
+    exp_id, run_id = latest(Tracker(uri))
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["suite.kind"] == "leaderboard"
+    assert "## flip_flop" in run.data.tags["mlflow.note.content"]
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"leaderboard.csv", "leaderboard.md", "leaderboard.html", "leaderboard.png",
+            "leaderboard.txt", "leaderboard_table.json", "speed_table.json"} <= names
+    got = client.download_artifacts(run_id, "leaderboard.csv", str(tmp_path / "dl"))
+    assert open(got).read() == (tmp_path / "results/leaderboard.csv").read_text()
+    table = json.loads(open(client.download_artifacts(
+        run_id, "leaderboard_table.json", str(tmp_path / "dl"))).read())
+    assert table["columns"] == lb.COLUMNS and len(table["data"]) == 4
+    assert (tmp_path / "results/leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_failed_run_is_failed_and_interrupted_run_is_killed(store):
+    tracker = Tracker(store)
+    for err, status in ((ValueError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+        with pytest.raises(type(err)), tracker.run("x", "r", {"a": 1}, {"k": "v"}):
+            raise err
+        run = tracker.client.search_runs([tracker.experiment("x")], max_results=1)[0]
+        assert run.info.status == status
+        assert run.data.tags["suite.error"].startswith(type(err).__name__)
+
+
+def test_corrupt_store_names_the_uri_and_touches_nothing(store, tmp_path, capsys):
+    db = tmp_path / "garbage.db"
+    db.write_bytes(b"not a database, but somebody's file\n" * 100)
+    uri, before = f"sqlite:///{db}", db.read_bytes()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/leaderboard.md").write_text("earlier leaderboard")
+    for argv in (["leaderboard"], ["run", "--profile", "smoke", "--attention", "softmax"],
+                 ["ui", "--port", str(free_port())]):
+        assert main([*argv, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot open the MLflow tracking store at {uri!r}" in err
+        assert "file is not a database" in err
+    assert db.read_bytes() == before
+    assert (tmp_path / "results/leaderboard.md").read_text() == "earlier leaderboard"
+
+
+def test_unreachable_server_names_the_uri_fast_and_loses_nothing(store, tmp_path, capsys):
+    fill(store)
+    assert main(["leaderboard", "--tracking-uri", store]) == 0
+    files = lambda: {p.name: p.read_bytes()  # noqa: E731
+                     for p in (tmp_path / "results").glob("leaderboard.*")}
+    written = files()
+    assert len(written) == 4
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.perf_counter()
+    capsys.readouterr()
+    for argv in (["leaderboard"], ["run", "--profile", "smoke", "--attention", "softmax"]):
+        assert main([*argv, "--tracking-uri", dead]) == 2
+        assert f"cannot reach the MLflow tracking store at {dead!r}" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 20
+    assert files() == written
+    assert len(logged_metrics(store)) == 2  # the store is as it was
+    with pytest.raises(TrackingError, match="benchmark rows are kept in") as err:
+        sp.log_bench(BENCH_ROWS, dead)
+    kept = str(err.value).rsplit("kept in ", 1)[1].rstrip(".")
+    assert json.loads(open(kept).read()) == BENCH_ROWS and repr(dead) in str(err.value)
+
+
+def test_failed_leaderboard_logging_keeps_the_files_and_fails_the_run(store, tmp_path, capsys):
+    fill(store)
+    client = MlflowClient(store)
+    client.create_experiment("leaderboard", artifact_location="file:///proc/no-artifacts-here")
+    assert main(["leaderboard", "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert repr(store) in err and "only the leaderboard run is missing" in err
+    assert (tmp_path / "results/leaderboard.csv").read_text().count("flip_flop") == 4
+    exp = client.get_experiment_by_name("leaderboard")
+    assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]

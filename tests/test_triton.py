@@ -1,0 +1,206 @@
+"""Parity of the fused Triton entmax kernels (``attentions.backends.triton_backend``).
+
+On CUDA the kernels run compiled; without CUDA they run in Triton's interpreter
+(TRITON_INTERPRET=1, set here before triton is imported) at small sizes. References: the
+torch backend in float64 and dense float64 attention built on the ``entmax`` package.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+os.environ["SUITE_TRITON_FUSED_BACKWARD"] = "1"  # test the fused backward kernels themselves
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from attentions import Alibi, Normalizer, nape_slopes  # noqa: E402
+from attentions.backends import torch_backend  # noqa: E402
+from attentions.backends import triton_backend as TB  # noqa: E402
+
+from . import reference as R  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+
+def rel(a, b, floor=1e-12):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / max(float(b.norm()), floor))
+
+
+def inputs(B, H, T, D, dtype=torch.float32, S=None, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = T if S is None else S
+    q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64) * scale
+    k = torch.randn(B, H, S, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, S, D, generator=g, dtype=torch.float64)
+    return [t.to(device=DEV, dtype=dtype) for t in (q, k, v)]
+
+
+def run(q, k, v, alpha, causal, bias, grad_out=None):
+    """Output and (q, k, v) gradients of the Triton kernels."""
+    qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    y = TB.attention(qs, ks, vs, norm=Normalizer("entmax", alpha=alpha), causal=causal,
+                     bias=bias)
+    g = torch.ones_like(y) if grad_out is None else grad_out
+    return y, torch.autograd.grad((y * g).sum(), (qs, ks, vs))
+
+
+def ref64(q, k, v, alpha, causal, bias, grad_out):
+    """Dense float64 reference on CPU (entmax package) with its gradients."""
+    qd, kd, vd = (t.detach().double().cpu().requires_grad_() for t in (q, k, v))
+    b = Alibi(bias.slopes.cpu()) if bias is not None else None
+    y = R.attention(qd, kd, vd, Normalizer("entmax", alpha=alpha), causal=causal, bias=b)[0]
+    return y, torch.autograd.grad((y * grad_out.double().cpu()).sum(), (qd, kd, vd))
+
+
+ALPHAS = [1.5, 2.0, 1.25]
+
+
+def float32_cases():
+    out = []
+    for alpha in ALPHAS:
+        for causal in (True, False):
+            for alibi in (False, True):
+                for T, S in ((17, 17), (20, 45), (100, 100)):
+                    # the interpreter runs programs one by one: keep its grid small
+                    cpu = (T == 17 or (T == 20 and causal)
+                           or (T == 100 and alpha == 1.5 and causal and not alibi))
+                    if CUDA or cpu:
+                        out.append((alpha, causal, alibi, T, S))
+    return out
+
+
+@pytest.mark.parametrize("alpha,causal,alibi,T,S", float32_cases())
+def test_float32_forward_and_gradients(alpha, causal, alibi, T, S):
+    B, H = (2, 3) if CUDA else (1, 2)
+    q, k, v = inputs(B, H, T, 24, S=S, scale=2.0, seed=T + S)
+    bias = Alibi(nape_slopes(H).to(DEV)) if alibi else None
+    g = torch.randn(B, H, T, 24, generator=torch.Generator().manual_seed(5)).to(DEV)
+    y, grads = run(q, k, v, alpha, causal, bias, g)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    yr, gr = ref64(q, k, v, alpha, causal, bias, g)
+    assert rel(y, yr) < 2e-5
+    for got, want in zip(grads, gr):
+        assert torch.isfinite(got).all()
+        assert rel(got, want, floor=1e-3) < 5e-5
+    # the torch backend in float64 agrees too (same function, different algorithm)
+    yt = torch_backend.attention(q.double(), k.double(), v.double(),
+                                 norm=Normalizer("entmax", alpha=alpha), causal=causal, bias=bias)
+    assert rel(y, yt) < 2e-5
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+@pytest.mark.parametrize("causal", [True, False])
+def test_single_token(alpha, causal):
+    q, k, v = inputs(1, 2, 1, 16)
+    g = torch.randn_like(q)
+    y, (dq, dk, dv) = run(q, k, v, alpha, causal, None, g)
+    torch.testing.assert_close(y, v)  # one key: its value, gradient only through v
+    assert dq.abs().max() < 1e-5 and dk.abs().max() < 1e-5
+    torch.testing.assert_close(dv, g)
+
+
+def test_rows_on_simplex_with_exact_zeros(monkeypatch):
+    if not CUDA:  # several tiles per row in the interpreter too
+        for kind in ("FWD", "DKDV", "DQ"):
+            monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
+    T = 40
+    q, k, _ = inputs(1, 2, T, 40, scale=3.0)
+    eye = torch.eye(T, device=DEV).expand(1, 2, T, T).contiguous()
+    P = TB.attention(q, k, eye, norm=Normalizer("entmax", alpha=1.5), causal=True)
+    assert (P >= 0).all() and (P.triu(1) == 0).all()
+    torch.testing.assert_close(P.sum(-1), torch.ones(1, 2, T, device=DEV))
+    assert (P == 0).sum() > P.numel() // 2
+
+
+@pytest.mark.parametrize("alpha", [1.5, 1.25])
+def test_extreme_logits(alpha):
+    q, k, v = inputs(1, 2, 48, 16)
+    q = q * (1e4 / (q.norm(dim=-1, keepdim=True) * k.norm(dim=-1).amax() / 4.0))
+    g = torch.randn_like(q)
+    y, grads = run(q, k, v, alpha, True, Alibi(torch.tensor([0.5, 0.0], device=DEV)), g)
+    assert torch.isfinite(y).all() and all(torch.isfinite(t).all() for t in grads)
+    yr, _ = ref64(q, k, v, alpha, True, Alibi(torch.tensor([0.5, 0.0])), g)
+    assert rel(y, yr) < 1e-4
+
+
+def plain_torch(q, k, v, alpha, dtype):
+    """What plain torch gets at a low dtype: scores and P @ V at that dtype (causal)."""
+    z = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    T = q.shape[2]
+    mask = torch.ones(T, T, dtype=torch.bool, device=z.device).triu(1)
+    p = R.normalize(z.double().masked_fill(mask, float("-inf")), Normalizer("entmax", alpha=alpha))
+    return p.to(dtype) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_half_precision_within_2x_of_plain_torch(dtype, alpha):
+    if not CUDA and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter multiplies bf16 tiles as raw uint16 (CUDA only)")
+    T, D = (1025, 64) if CUDA else (70, 32)
+    q, k, v = inputs(1, 4 if CUDA else 2, T, D, dtype=dtype, seed=3)
+    y = TB.attention(q, k, v, norm=Normalizer("entmax", alpha=alpha), causal=True)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    ref = R.attention(q.double().cpu(), k.double().cpu(), v.double().cpu(),
+                      Normalizer("entmax", alpha=alpha), causal=True)[0]
+    base = plain_torch(q, k, v, alpha, dtype)
+    assert rel(y, ref) <= 2 * rel(base, ref), (rel(y, ref), rel(base, ref))
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA sizes")
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_head_dims_fwd_bwd(D, dtype, causal):
+    T, H = 777, 4
+    q, k, v = inputs(1, H, T, D, dtype=dtype, seed=D)
+    bias = Alibi(nape_slopes(H).cuda())
+    g = torch.randn_like(q)
+    y, grads = run(q, k, v, 1.5, causal, bias, g)
+    yr, gr = ref64(q, k, v, 1.5, causal, bias, g)
+    # plain torch at this dtype: scores and P @ V at that dtype, float64 entmax
+    z = R.dense_scores(q.double().cpu().to(dtype).double(), k.double().cpu(), causal=causal,
+                       bias=Alibi(bias.slopes.cpu()))
+    base = (R.normalize(z, Normalizer("entmax", alpha=1.5)).to(dtype) @ v.cpu())
+    assert rel(y, yr) <= 2 * max(rel(base, yr), 1e-3)
+    for got, want in zip(grads, gr):
+        assert torch.isfinite(got).all()
+        assert rel(got, want) < 5e-2
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA only")
+def test_auto_picks_triton_on_cuda():
+    from attentions.backends import resolve
+
+    mod = resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda"),
+                           Alibi(torch.ones(2, device="cuda")))
+    assert mod.NAME == "triton"
+
+
+def test_contract_entry_points():
+    assert TB.usable()
+    assert TB.supports(Normalizer("entmax", alpha=1.5), torch.device(DEV), None)
+    assert TB.supports(Normalizer("entmax", alpha=1.25), torch.device(DEV), Alibi(torch.ones(2)))
+    assert not TB.supports(Normalizer("softmax"), torch.device(DEV), None)
+    assert not TB.supports(Normalizer("entmax"), torch.device(DEV), torch.zeros(3, 3))
+    # float64 goes to the torch backend (the contract's 1e-10 checks), same function
+    q, k, v = inputs(1, 2, 9, 8, dtype=torch.float64)
+    y = TB.attention(q, k, v, norm=Normalizer("entmax", alpha=1.5), causal=True)
+    assert y.dtype == torch.float64
+
+
+def test_importing_attentions_does_not_import_triton():
+    code = "import sys, attentions; attentions.backends; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})
