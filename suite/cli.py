@@ -39,13 +39,17 @@ def cmd_run(args) -> int:
     _plugins(args)
     from .run import plan, sweep
 
-    if args.executor != "local":
-        raise attentions.SpecError(f"--executor {args.executor!r}: only 'local' exists so far")
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
                  steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                  eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
-    failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
+    if args.executor == "ray":
+        from .ray_executor import sweep_ray
+
+        failed = sweep_ray(cells, args.tracking_uri, args.ray_address,
+                           progress=not args.no_progress)
+    else:
+        failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
     from results.offline import is_offline
 
@@ -119,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
     sp.add_argument("--executor", default="local", choices=["local", "ray"])
+    sp.add_argument("--ray-address", default=None,
+                    help="a running Ray cluster (default: start a local one)")
     sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: "
                     "$MLFLOW_TRACKING_URI, else results/mlflow.db), or jsonl:PATH for an "
                     "offline log on a machine without MLflow")

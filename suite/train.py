@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ from .evaluate import evaluate
 from .model import Decoder, ModelConfig
 from .profiles import Budget, Profile, Size
 
-CKPT_DIR = Path("results") / "checkpoints"
+
+def checkpoint_dir() -> Path:
+    """Where cells keep their checkpoints: $SUITE_CHECKPOINT_DIR, else results/checkpoints."""
+    return Path(os.environ.get("SUITE_CHECKPOINT_DIR") or Path("results") / "checkpoints")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -112,7 +116,7 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
                             weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, budget))
     rng = task.rng(cell.seed, "train")
-    ckpt_dir = CKPT_DIR / cell.config_hash
+    ckpt_dir = checkpoint_dir() / cell.config_hash
     start, best = 0, {"score": -1.0, "step": -1}
     last = ckpt_dir / "last.pt"
     if last.exists():
