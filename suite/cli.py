@@ -22,9 +22,16 @@ def cmd_list(args) -> int:
     import tasks
 
     for name in tasks.names():
-        doc = (inspect.getdoc(type(tasks.get(name))) or "").strip()
-        print(f"task       {name:<12} {doc.splitlines()[0] if doc else ''}")
+        print(f"task       {name:<12} {_summary(inspect.getdoc(type(tasks.get(name))))}")
     return 0
+
+
+def _summary(doc: str | None, width: int = 110) -> str:
+    """The first sentence of a docstring, on one line."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = text.find(". ")
+    text = text if end < 0 else text[: end + 1]
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def cmd_show(args) -> int:
