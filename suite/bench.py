@@ -10,7 +10,9 @@ Causal attention, float32, B=1, H=8, D=64, Gaussian q, k, v. Implementations:
 Passes: ``fwd`` (inputs without grad) and ``fwd+bwd`` (forward, then backward of a fixed
 random cotangent). ``median_ms`` is the median over ``repeats`` timed calls after one warm-up
 call; a cell whose warm-up took longer than ``SLOW_S`` keeps that call as its only sample.
-``ratio_to_sdpa`` divides by sdpa's median of the same (T, pass). ``peak_extra_mib`` is the
+``ratio_to_sdpa`` divides by sdpa's median of the same (T, pass). ``cpu_ms`` is the median
+process CPU time of the same calls (all threads): on a shared machine it moves less than wall
+time. ``peak_extra_mib`` is the
 resident-memory high-water mark of one call above the resident memory before it, measured in
 a fresh process whose glibc returns every freed block of 64 KiB or more to the system
 (``MALLOC_MMAP_THRESHOLD_``), so that reused allocator caches cannot hide memory.
@@ -103,21 +105,20 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_cell(fn, q, k, v, dout, pass_, repeats, device="cpu") -> list[float]:
-    """Seconds of each timed call (see the module docstring for the warm-up rule)."""
-    t = time.perf_counter()
-    call(fn, q, k, v, dout, pass_)
-    _sync(device)
-    first = time.perf_counter() - t
-    if first > SLOW_S:
-        return [first]
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def time_cell(fn, q, k, v, dout, pass_, repeats, device="cpu") -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each timed call (see the module docstring for the
+    warm-up rule)."""
+
+    def once():
+        t, c = time.perf_counter(), time.process_time()
         call(fn, q, k, v, dout, pass_)
         _sync(device)
-        out.append(time.perf_counter() - t)
-    return out
+        return time.perf_counter() - t, time.process_time() - c
+
+    first = once()
+    if first[0] > SLOW_S:
+        return [first]
+    return [once() for _ in range(repeats)]
 
 
 def _status_kib(key: str) -> int:
@@ -206,7 +207,9 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
                 continue
             s = time_cell(implementation(name), q, k, v, dout, p, repeats, device)
             rows.append({"impl": name, "T": T, "pass": p,
-                         "median_ms": statistics.median(s) * 1e3, "samples": len(s)})
+                         "median_ms": statistics.median(w for w, _ in s) * 1e3,
+                         "cpu_ms": statistics.median(c for _, c in s) * 1e3,
+                         "samples": len(s)})
     base = {(r["T"], r["pass"]): r["median_ms"] for r in rows if r["impl"] == "sdpa_softmax"}
     mem = peak_extra_mib(cells, device) if memory else {}
     for r in rows:
@@ -215,24 +218,32 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
         r["peak_extra_mib"] = mem.get((r["impl"], r["T"], r["pass"]))
         r["threads"] = threads
         r["device"] = device
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for r in rows:
+        r["load_avg"] = load  # other work on the machine inflates wall times
     if first_call and device == "cpu" and "numba_entmax15" in impls:
         rows.append({"impl": "numba_entmax15", "T": 256, "pass": "first call",
-                     "median_ms": first_call_ms(device), "samples": 1, "ratio_to_sdpa": None,
-                     "peak_extra_mib": None, "threads": threads, "device": device})
+                     "median_ms": first_call_ms(device), "cpu_ms": None, "samples": 1,
+                     "ratio_to_sdpa": None,
+                     "peak_extra_mib": None, "threads": threads, "device": device,
+                     "load_avg": load})
     return rows
 
 
 def format_table(rows) -> str:
     """A markdown table of ``run``'s rows."""
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    lines = ["| impl | T | pass | median ms | / sdpa | peak extra MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| impl | T | pass | median ms | / sdpa | CPU ms | peak extra MiB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['impl']} | {r['T']} | {r['pass']} | {fmt(r['median_ms'], '.1f')} | "
-                     f"{fmt(r['ratio_to_sdpa'], '.2f')} | {fmt(r['peak_extra_mib'], '.0f')} |")
+                     f"{fmt(r['ratio_to_sdpa'], '.2f')} | {fmt(r.get('cpu_ms'), '.0f')} | "
+                     f"{fmt(r['peak_extra_mib'], '.0f')} |")
     if rows:
+        load = rows[0].get("load_avg")
         lines.append(f"\n{rows[0]['device']}, torch threads = {rows[0]['threads']}; causal, "
-                     f"float32, B={B}, H={H}, D={D}")
+                     f"float32, B={B}, H={H}, D={D}"
+                     + ("" if load is None else f"; 1-min load average after the run {load:.1f}"))
     return "\n".join(lines)
 
 

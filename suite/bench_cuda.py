@@ -230,6 +230,28 @@ def environment():
     return env
 
 
+def run(lengths=LENGTHS, extras: bool = False, do_bwd: bool = True) -> list[dict]:
+    """The table in `suite bench`'s long format: one dict per (impl, T, pass) with impl, T,
+    pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (SDPA flash of the same run),
+    peak_extra_mib, device. SDPA flash is named ``sdpa_softmax`` there."""
+    out = []
+    for T in lengths:
+        for name, fn in implementations(extras).items():
+            row = measure(name, fn, T, do_bwd)
+            impl = "sdpa_softmax" if name == "sdpa_flash" else name
+            for key, pas in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
+                if f"{key}_ms" in row:
+                    out.append({"impl": impl, "T": T, "pass": pas,
+                                "median_ms": row[f"{key}_ms"],
+                                "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
+                                "device": torch.cuda.get_device_name(), "B": row["B"]})
+    for r in out:
+        base = next((b["median_ms"] for b in out if b["impl"] == "sdpa_softmax"
+                     and b["T"] == r["T"] and b["pass"] == r["pass"]), None)
+        r["ratio_to_sdpa"] = r["median_ms"] / base if base else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="write the rows and environment as JSON here")
@@ -238,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extras", action="store_true", help="also ALiBi and alpha=1.25 rows")
     ap.add_argument("--sweep", action="store_true", help="first time block configurations")
     args = ap.parse_args(argv)
+    # time the fused backward kernels themselves (training calls on CUDA do not use them yet)
+    os.environ.setdefault("SUITE_TRITON_FUSED_BACKWARD", "1")
     if not torch.cuda.is_available():
         print("bench_cuda needs a CUDA device", file=sys.stderr)
         return 2

@@ -91,10 +91,28 @@ def cmd_import(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    if args.device == "cuda":
+        import torch
 
-    rows = bench.run(device=args.device, lengths=args.lengths)
+        if not torch.cuda.is_available():
+            raise attentions.SpecError("--device cuda: no CUDA device is visible here")
+        import os
+
+        from . import bench, bench_cuda
+
+        os.environ.setdefault("SUITE_TRITON_FUSED_BACKWARD", "1")  # time the fused kernels
+        rows = bench_cuda.run(args.lengths or bench_cuda.LENGTHS)
+    else:
+        from . import bench
+
+        rows = bench.run(device=args.device, lengths=args.lengths or bench.LENGTHS,
+                         repeats=args.repeats)
     print(bench.format_table(rows))
+    if not args.no_log:
+        from results.speed import log_bench
+
+        run_id = log_bench(rows, args.tracking_uri)
+        print(f"logged: bench run {run_id} (the leaderboard's speed table reads it)")
     return 0
 
 
@@ -166,6 +184,9 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bench", help="kernel speed and memory benchmarks")
     sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sp.add_argument("--lengths", type=int, nargs="+", default=None)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--tracking-uri", default=None)
+    sp.add_argument("--no-log", action="store_true", help="print only; log no bench run")
     sp.set_defaults(func=cmd_bench)
     return p
 

@@ -7,8 +7,10 @@ j <= i + (S - T) (queries aligned to the end of the keys). ``bias`` is None, a t
 broadcastable to (B, H, T, S), or an ``Alibi``.
 
 A backend module exposes ``NAME``, ``usable() -> bool`` (importable and a device present here),
-``supports(norm, device, bias) -> bool`` and
-``attention(q, k, v, *, norm, causal, bias, sm_scale) -> (B, H, T, D)`` (differentiable).
+``supports(norm, device, bias) -> bool``,
+``attention(q, k, v, *, norm, causal, bias, sm_scale) -> (B, H, T, D)`` (differentiable), and
+optionally ``preferred(norm, device, bias) -> bool``: whether ``auto`` should take it where it
+is supported but slower than the next backend (numba softmax without a bias, where SDPA wins).
 Backends are imported lazily, so numba and triton are imported only when their backend is used.
 """
 
@@ -57,8 +59,9 @@ def resolve(name: str, norm: Normalizer, device: torch.device, bias=None):
     """The backend module to run ``norm`` on ``device``; ``auto`` takes the first that fits."""
     if name == "auto":
         for cand in ORDER:
-            if usable(cand) and load(cand).supports(norm, device, bias):
-                return load(cand)
+            mod = load(cand) if usable(cand) else None
+            if mod is not None and getattr(mod, "preferred", mod.supports)(norm, device, bias):
+                return mod
         raise RuntimeError(f"no backend supports {norm} on {device}")  # torch supports all
     mod = load(name)
     if mod is None or not mod.usable():

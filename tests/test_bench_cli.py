@@ -1,0 +1,31 @@
+"""`suite bench` end to end at a tiny size: the table is printed and logged, and the
+leaderboard's speed table reads it back (no timing is asserted: speed lives in benchmarks)."""
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from attentions import Alibi, Normalizer
+from attentions.backends import resolve
+from suite.cli import main
+
+
+def test_suite_bench_logs_a_run_the_leaderboard_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["bench", "--lengths", "128", "--repeats", "1", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "numba_entmax15" in out and "sdpa_softmax" in out and "logged: bench run" in out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert any(k.startswith("median_ms.numba_entmax15") for k in run.data.metrics)
+    assert main(["leaderboard", "--tracking-uri", uri, "--no-log"]) == 0
+    assert "numba_entmax15" in capsys.readouterr().out
+
+
+def test_auto_backend_choice_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve("auto", Normalizer("softmax"), cpu).NAME == "torch"  # SDPA is faster
+    assert resolve("auto", Normalizer("softmax"), cpu, Alibi(torch.ones(2))).NAME == "numba"
+    assert resolve("auto", Normalizer("entmax", alpha=1.25), cpu).NAME == "numba"
+    assert resolve("auto", Normalizer("topk", k=4), cpu).NAME == "torch"
