@@ -55,6 +55,11 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
     return bias is None or isinstance(bias, Alibi)
 
 
+def preferred(norm: Normalizer, device, bias=None) -> bool:
+    """``auto`` takes the kernels on CUDA only, never the CPU interpreter."""
+    return supports(norm, device, bias) and torch.device(device).type == "cuda"
+
+
 def _kernels():
     from . import triton_kernels
 
