@@ -47,8 +47,8 @@ def cmd_run(args) -> int:
     from .run import plan, sweep
 
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
-                 steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                 eval_samples=args.eval_samples,
+                 check_device=args.executor != "ray", steps=args.steps,
+                 batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
     if args.executor == "ray":
         from .ray_executor import sweep_ray

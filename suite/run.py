@@ -36,9 +36,11 @@ def resolve_device(device: str) -> str:
 
 
 def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
-         backend: str = "auto", **budget) -> list[Cell]:
+         backend: str = "auto", check_device: bool = True, **budget) -> list[Cell]:
     """The cells of a sweep, every spec validated up front (bad input fails in seconds).
-    ``budget`` overrides profile budget fields (steps, eval_samples, max_eval_length, ...)."""
+    ``budget`` overrides profile budget fields (steps, eval_samples, max_eval_length, ...).
+    ``check_device=False`` leaves the device to the executor (Ray resolves ``auto`` against
+    the cluster, not the driver's machine)."""
     for key, value in budget.items():
         if value is not None and value <= 0:
             raise attentions.SpecError(f"--{key.replace('_', '-')} {value}: must be positive")
@@ -49,7 +51,12 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
     tsks = [tasks.get(s).spec for s in (task_specs or prof.tasks)]
     for spec in atts:  # build once, so a bad parameter fails before any training
         attentions.build(spec, n_heads=2, head_dim=4, backend=backend)
-    dev = resolve_device(device)
+    if check_device:
+        dev = resolve_device(device)
+    elif device in ("auto", "cpu", "cuda"):
+        dev = device
+    else:
+        raise attentions.SpecError(f"--device {device!r}: use auto, cpu or cuda")
     return [Cell(a, t, seed, prof, dev, backend) for t in tsks for a in atts
             for seed in range(seeds)]
 

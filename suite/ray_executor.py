@@ -1,0 +1,449 @@
+"""``suite run --executor ray``: every (attention, task, seed) cell is a Ray task.
+
+The driver connects to ``--ray-address`` (or starts a local cluster and shuts it down at the
+end), makes sure one MLflow tracking server fronts the store (the user's http(s) URI, else an
+``mlflow server`` on 127.0.0.1 over the embedded ``results/mlflow.db``: workers never write
+one SQLite file directly), skips cells already FINISHED, and submits the rest. A task:
+
+1. sets ``SUITE_CHECKPOINT_DIR`` to the driver's absolute checkpoint directory and torch's
+   threads to its CPU share (on CPU a seed then gives the local executor's metrics bit for
+   bit, when the local run uses as many threads);
+2. re-checks the store and returns at once when the cell has finished meanwhile;
+3. runs ``suite.run.run_cell`` (training resumes from ``<ckpt>/<config hash>/last.pt``);
+4. right before its run would end FINISHED, checks the store again: when another run of the
+   same config hash has finished, this one ends KILLED (``suite.error`` says which run won);
+5. settles the cell: of several FINISHED runs of one hash (a race of a few milliseconds) the
+   smallest run id stays FINISHED and the others become KILLED; RUNNING leftovers of killed
+   attempts become KILLED, tagged ``suite.superseded_by``.
+
+Faults: Ray reruns a task whose worker or node died (``max_retries``); an exception is retried
+by the driver up to ``SUITE_RAY_ATTEMPTS`` attempts in all (default 3), except the
+deterministic ones (a non-finite loss, a bad spec), and each failed attempt is a FAILED run
+carrying its error. A cell that fails for good is counted and the sweep goes on.
+
+Settings (environment): ``SUITE_RAY_NUM_CPUS`` (size of a local cluster; default: all cores),
+``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL`` (override the profile's resources),
+``SUITE_RAY_ATTEMPTS``, ``SUITE_CHECKPOINT_DIR`` (must be shared by every node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attentions
+import tasks
+
+from .train import Cell, NonFiniteLoss, checkpoint_dir
+
+SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
+DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
+NOT_RETRIED = (NonFiniteLoss, attentions.SpecError)  # deterministic: a retry fails the same way
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one cell asks of the cluster."""
+    num_cpus: float
+    num_gpus: float = 0.0
+
+
+# The resources a cell of each profile needs on (cpu, cuda). Tiny models share a GPU.
+PROFILE_RESOURCES = {
+    "smoke": {"cpu": Resources(1), "cuda": Resources(1, 0.125)},
+    "quick": {"cpu": Resources(1), "cuda": Resources(1, 0.25)},
+    "paper": {"cpu": Resources(4), "cuda": Resources(2, 1.0)},
+}
+FALLBACK = {"cpu": Resources(1), "cuda": Resources(1, 1.0)}
+
+
+def cell_resources(cell: Cell) -> Resources:
+    """The profile's declaration (``Profile.resources`` when it has one, else the table above),
+    then ``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL``."""
+    table = getattr(cell.profile, "resources", None) or PROFILE_RESOURCES.get(
+        cell.profile.name, FALLBACK)
+    res = table.get(cell.device, FALLBACK[cell.device])
+    cpus = float(os.environ.get("SUITE_RAY_CPUS_PER_CELL") or res.num_cpus)
+    if cell.device != "cuda":
+        return Resources(cpus, 0.0)
+    return Resources(cpus, float(os.environ.get("SUITE_RAY_GPUS_PER_CELL") or res.num_gpus))
+
+
+# ---------------------------------------------------------------- the worker side
+
+
+class DuplicateRun(BaseException):
+    """Another run of the same config hash finished first. A BaseException on purpose: the
+    tracker then ends this run KILLED (not FAILED), and no ``except Exception`` swallows it."""
+
+
+class _GuardedTracker:
+    """A tracker whose runs carry the sweep's tags and end FINISHED only while no other run of
+    the config hash has finished."""
+
+    def __init__(self, tracker, config_hash: str, tags: dict[str, str]):
+        self.tracker, self.config_hash, self.tags = tracker, config_hash, tags
+        self.run_id: str | None = None
+
+    def finished(self, experiment: str, config_hash: str) -> str | None:
+        return self.tracker.finished(experiment, config_hash)
+
+    @contextlib.contextmanager
+    def run(self, experiment, name, params, tags):
+        with self.tracker.run(experiment, name, params, {**tags, **self.tags}) as log:
+            self.run_id = log.run_id
+            yield log
+            other = self.tracker.finished(experiment, self.config_hash)
+            if other:
+                raise DuplicateRun(other)
+
+
+def settle(tracker, experiment: str, config_hash: str) -> str | None:
+    """Leave one FINISHED run for the config hash (the smallest run id) and no RUNNING one;
+    returns the FINISHED run's id. Every finisher calls it, so the store converges."""
+    from results.offline import HASH_TAG
+
+    exp_id = tracker.experiment(experiment)
+    by_hash = f"tags.`{HASH_TAG}` = '{config_hash}'"
+    done = sorted(r.info.run_id for r in tracker.search(
+        [exp_id], f"{by_hash} and attributes.status = 'FINISHED'"))
+    if not done:
+        return None
+    keep = done[0]
+    for run_id in done[1:]:
+        tracker.client.set_tag(run_id, "suite.duplicate_of", keep)
+        tracker.client.set_terminated(run_id, "KILLED")
+    for run in tracker.search([exp_id], f"{by_hash} and attributes.status = 'RUNNING'"):
+        tracker.client.set_tag(run.info.run_id, "suite.superseded_by", keep)
+        tracker.client.set_terminated(run.info.run_id, "KILLED")
+    return keep
+
+
+def load_plugins(targets: list[str]) -> None:
+    for target in targets:
+        attentions.load_plugin(target)
+
+
+def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], threads: int,
+                  plugins: list[str]) -> dict[str, Any]:
+    """One cell on a Ray worker. Returns {"status": "finished" | "skipped" | "duplicate" |
+    "failed", ...}; raises only when the worker itself breaks."""
+    import platform
+
+    import torch
+
+    from results.tracking import Tracker
+
+    from .run import run_cell
+
+    os.environ["SUITE_CHECKPOINT_DIR"] = ckpt_dir
+    torch.set_num_threads(max(1, threads))
+    t0 = time.perf_counter()
+    node = {"suite.ray_node": platform.node()}
+    guarded = None
+    try:
+        load_plugins(plugins)
+        tracker = Tracker(uri)
+        experiment = tasks.get(cell.task).name
+        done = tracker.finished(experiment, cell.config_hash)
+        if done:
+            return {"status": "skipped", "run": done}
+        guarded = _GuardedTracker(tracker, cell.config_hash, {**tags, **node})
+        results = run_cell(cell, guarded, progress=False)
+        keep = settle(tracker, experiment, cell.config_hash)
+        if keep != guarded.run_id:
+            return {"status": "duplicate", "run": keep}
+        return {"status": "finished", "run": keep, "results": _plain(results),
+                "seconds": time.perf_counter() - t0}
+    except DuplicateRun as dup:
+        return {"status": "duplicate", "run": dup.args[0]}
+    except Exception as err:
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(), "retry": not isinstance(err, NOT_RETRIED),
+                "run": guarded.run_id if guarded else None}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _plain(results: dict) -> dict:
+    """The headline metrics per length (no per-head diagnostics) for the driver's line."""
+    return {n: {k: v for k, v in r.items() if k != "diagnostics"} for n, r in results.items()}
+
+
+# ---------------------------------------------------------------- the tracking server
+
+
+@contextlib.contextmanager
+def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
+    """(http URI the workers use, server pid or None, server log or None). An http(s) URI is
+    used as it is; any other store gets an ``mlflow server`` on 127.0.0.1 in front of it,
+    guarded so that it stops with this process even after a ``kill -9``."""
+    from results import ui
+
+    if ui.is_http(uri):
+        yield uri, None, None
+        return
+    port = ui.free_port()
+    base = f"http://{ui.HOST}:{port}"
+    fd, log_path = tempfile.mkstemp(prefix="suite-mlflow-server-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
+             *ui.server_command(uri, port)],
+            env={**os.environ, **ui.SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        ui.wait_ready(proc, base)
+        yield base, proc.pid, log_path
+    except BaseException:
+        ui.stop(proc)
+        raise  # the server's log stays for a look
+    ui.stop(proc)
+    Path(log_path).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def plugins_for(cells: list[Cell]) -> list[str]:
+    """What a worker must import so that the cells' attentions and tasks are registered: the
+    files and modules (loaded with --plugin) that registered them."""
+    from attentions import REGISTRY as ATTENTIONS
+
+    found: list[str] = []
+    objs = [ATTENTIONS.get(attentions.parse_spec(c.attention)[0]) for c in cells]
+    objs += [tasks.REGISTRY.get(tasks.get(c.task).name) for c in cells]
+    for obj in objs:
+        mod = getattr(obj, "__module__", "") or ""
+        if mod.split(".")[0] in ("attentions", "tasks", "suite"):
+            continue
+        module = sys.modules.get(mod)
+        target = getattr(module, "__file__", None) if mod.startswith("suite_plugin_") else mod
+        if target and mod != "__main__" and target not in found:
+            found.append(str(Path(target).resolve()) if target.endswith(".py") else target)
+    return found
+
+
+def _place(cells: list[Cell], resources: dict) -> list[Cell]:
+    """Resolve ``--device auto`` against the cluster (not the driver): cuda when it has GPUs;
+    an explicit cuda on a cluster without GPUs fails at once."""
+    gpus = float(resources.get("GPU", 0))
+    out = []
+    for c in cells:
+        device = c.device if c.device != "auto" else ("cuda" if gpus else "cpu")
+        if device == "cuda" and not gpus:
+            raise attentions.SpecError(
+                "--device cuda: the Ray cluster has no GPUs; use --device cpu or auto")
+        out.append(dataclasses.replace(c, device=device))
+    return out
+
+
+def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
+    """Connect or start; True when this call started (and so must shut down) the cluster."""
+    if ray.is_initialized():
+        return False
+    common = {"logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:
+            raise attentions.SpecError(
+                f"--ray-address {address}: {err}. A cluster with token authentication (Ray's "
+                "default when ~/.ray/auth_token exists) needs RAY_AUTH_MODE=token and the token "
+                "(that file or RAY_AUTH_TOKEN) in this shell too") from None
+        return True  # disconnects this driver; the cluster itself stays up
+    cpus = num_cpus or int(os.environ.get("SUITE_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
+    # a local cluster stays on the loopback interface: nothing listens beyond this machine
+    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 << 20,
+             _node_ip_address="127.0.0.1", **common)
+    return True
+
+
+def _record_failure(tracker, cell: Cell, tags: dict[str, str], error: str) -> None:
+    """End the cell's RUNNING runs of this sweep FAILED with the error (their worker died), or
+    log a FAILED run when the attempt left none."""
+    from results.offline import HASH_TAG
+
+    experiment = tasks.get(cell.task).name
+    exp_id = tracker.experiment(experiment)
+    stale = list(tracker.search([exp_id], f"tags.`{HASH_TAG}` = '{cell.config_hash}' and "
+                                f"tags.`suite.sweep_id` = '{tags['suite.sweep_id']}' and "
+                                "attributes.status = 'RUNNING'"))
+    for run in stale:
+        tracker.client.set_tag(run.info.run_id, "suite.error", error[:4900])
+        tracker.client.set_terminated(run.info.run_id, "FAILED")
+    if stale:
+        return
+
+    class CellFailed(RuntimeError):
+        pass
+
+    run_tags = {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.attention":
+                cell.attention, "suite.task": cell.task, "suite.seed": str(cell.seed),
+                "suite.profile": cell.profile.name, **tags}
+    with contextlib.suppress(CellFailed):
+        with tracker.run(experiment, cell.name, cell.config(), run_tags):
+            raise CellFailed(error)
+
+
+def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
+              ray_address: str | None = None, progress: bool = True, out=None, *,
+              num_cpus: int | None = None, attempts: int | None = None) -> int:
+    """Run the cells as Ray tasks; returns the number that failed. ``progress`` prints a line
+    per cell as it is submitted (workers draw no progress bars)."""
+    out = out or sys.stdout
+    try:
+        import ray
+    except ImportError:
+        raise attentions.SpecError(
+            "--executor ray needs Ray: pip install 'attention-suite[ray]'") from None
+    from results.offline import is_offline
+    from results.tracking import resolve_uri
+
+    if is_offline(tracking_uri):
+        raise attentions.SpecError(
+            "--executor ray logs through an MLflow tracking server; an offline jsonl: log is "
+            "for the local executor (run the Ray sweep on a machine with MLflow)")
+    attempts = attempts or int(os.environ.get("SUITE_RAY_ATTEMPTS") or DEFAULT_ATTEMPTS)
+    prior_env = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow sets it to the last URI used
+    try:
+        return _sweep(ray, cells, resolve_uri(tracking_uri), ray_address, num_cpus, attempts,
+                      progress, out)
+    finally:
+        if prior_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = prior_env
+
+
+def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> int:
+    from results.tracking import Tracker
+
+    ckpt = str(checkpoint_dir().resolve())
+    plugins = plugins_for(cells)
+    if not uri.startswith(("http://", "https://")):
+        # Experiments made here (one writer, before the server starts) keep their artifacts
+        # beside the database, where the local executor puts them.
+        direct = Tracker(uri)
+        for name in sorted({tasks.get(c.task).name for c in cells}):
+            direct.experiment(name)
+
+    started = _init_ray(ray, ray_address, num_cpus)
+    try:
+        cells = _place(cells, ray.cluster_resources())
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and not uri.startswith(("http://", "https://")):
+            raise attentions.SpecError(
+                f"the Ray cluster has {len(nodes)} nodes, but the store {uri!r} is not a "
+                "tracking server they can all reach: start `mlflow server --host 0.0.0.0 ...` "
+                "and pass --tracking-uri http://HOST:PORT (see the README)")
+        with tracking_server(uri) as (server, pid, log_path):
+            tracker = Tracker(server)
+            res = ray.cluster_resources()
+            where = f"{uri} via mlflow server {server} (pid {pid}, log {log_path})" if pid \
+                else uri
+            print(f"store: {where}  ({len(cells)} cells on Ray: {len(nodes)} node(s), "
+                  f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU; checkpoints {ckpt})",
+                  file=out, flush=True)
+            print(f"leaderboard while it runs: suite leaderboard --tracking-uri {server}",
+                  file=out, flush=True)
+            return _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) -> int:
+    sweep_id = uuid.uuid4().hex[:12]
+    index = {cell.config_hash: i for i, cell in enumerate(cells, 1)}
+    head = lambda cell: f"[{index[cell.config_hash]}/{len(cells)}] {cell.name}"
+    pending: dict[Any, tuple[Cell, int]] = {}
+
+    def submit(cell: Cell, attempt: int) -> None:
+        res = cell_resources(cell)
+        task = ray.remote(run_cell_task).options(
+            num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=SYSTEM_RETRIES,
+            retry_exceptions=False, name=f"cell {cell.name}")
+        tags = {"suite.executor": "ray", "suite.sweep_id": sweep_id,
+                "suite.attempt": str(attempt)}
+        ref = task.remote(cell, server, ckpt, tags, max(1, int(res.num_cpus)), plugins)
+        pending[ref] = (cell, attempt)
+        if progress:
+            print(f"{head(cell)}: submitted (attempt {attempt}, {res.num_cpus:g} CPU, "
+                  f"{res.num_gpus:g} GPU)", file=out, flush=True)
+
+    for cell in cells:
+        done = tracker.finished(tasks.get(cell.task).name, cell.config_hash)
+        if done:
+            print(f"{head(cell)}: skipped, finished already (config {cell.config_hash}, "
+                  f"run {done})", file=out, flush=True)
+        else:
+            submit(cell, 1)
+    failed = 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell, attempt = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as err:  # the worker or node died, retries spent
+                error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:500]}"
+                _record_failure(tracker, cell, {"suite.executor": "ray",
+                                                "suite.sweep_id": sweep_id}, error)
+                failed += 1
+                print(f"{head(cell)}: FAILED: {error}", file=out, flush=True)
+                continue
+            status = result["status"]
+            if status == "finished":
+                ladder = " ".join(f"{n}:{_headline(r)}" for n, r in result["results"].items())
+                print(f"{head(cell)}: done in {result['seconds']:.0f}s  {ladder}", file=out,
+                      flush=True)
+            elif status in ("skipped", "duplicate"):
+                print(f"{head(cell)}: skipped, finished by another run ({result['run']})",
+                      file=out, flush=True)
+            elif result["retry"] and attempt < attempts:
+                print(f"{head(cell)}: attempt {attempt} failed ({result['error']}); retrying",
+                      file=out, flush=True)
+                submit(cell, attempt + 1)
+            else:
+                if result["run"] is None:  # it failed before its run existed
+                    _record_failure(tracker, cell, {"suite.executor": "ray",
+                                                    "suite.sweep_id": sweep_id},
+                                    result["error"])
+                failed += 1
+                print(f"{head(cell)}: FAILED: {result['error']}", file=out, flush=True)
+    except BaseException:  # Ctrl-C or a broken store: stop the cells, mark their runs
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        with contextlib.suppress(Exception):
+            for cell, _ in pending.values():
+                _kill_running(tracker, cell, sweep_id)
+        raise
+    return failed
+
+
+def _kill_running(tracker, cell: Cell, sweep_id: str) -> None:
+    from results.offline import HASH_TAG
+
+    exp_id = tracker.experiment(tasks.get(cell.task).name)
+    for run in tracker.search([exp_id], f"tags.`{HASH_TAG}` = '{cell.config_hash}' and "
+                              f"tags.`suite.sweep_id` = '{sweep_id}' and "
+                              "attributes.status = 'RUNNING'"):
+        tracker.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _headline(res: dict) -> str:
+    from .run import _headline as headline
+
+    return headline(res)

@@ -1,0 +1,410 @@
+"""The Ray executor on a real local Ray cluster (2 CPUs): a smoke sweep gives the local
+executor's metrics exactly; a worker killed mid-cell is retried and resumes from its
+checkpoint; a driver killed with ``kill -9`` mid-sweep (with its whole Ray cluster) loses
+nothing, and the same command run again finishes every cell exactly once. Every process a test
+starts is stopped by its id, with bounded waits."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs ray (pip install '.[ray]')",
+                         exc_type=ImportError)
+
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from results.offline import HASH_TAG  # noqa: E402
+from results.ui import free_port  # noqa: E402
+from suite.ray_executor import sweep_ray  # noqa: E402
+from suite.run import plan, sweep  # noqa: E402
+
+TIMING = {"train_seconds", "tokens_per_s"}  # wall-clock metrics: never equal across runs
+STEPS = 150  # long enough cells (seconds each) for a kill to land mid-training
+
+
+# ---------------------------------------------------------------- processes, by id
+
+
+def _ppids() -> dict[int, int]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    ppids, found, todo = _ppids(), set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, pp in ppids.items():
+            if pp == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_all(pids, sig=signal.SIGKILL) -> None:
+    for pid in [p for p in pids if alive(p)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def wait_gone(pids, timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    left = {p for p in pids if alive(p)}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {p for p in left if alive(p)}
+    return left
+
+
+def guarded(cmd: list[str], **kw) -> subprocess.Popen:
+    """``cmd`` under suite.ray_guard in a session of its own: it dies with this process even
+    when pytest itself is killed."""
+    return subprocess.Popen([sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
+                             *cmd], start_new_session=True, **kw)
+
+
+def child_of(guard: subprocess.Popen, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [p for p, pp in _ppids().items() if pp == guard.pid]
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise AssertionError("the guarded command did not start")
+
+
+class Cluster:
+    """`ray start --head --block` (2 CPUs) on free ports."""
+
+    def __init__(self, root: Path, env: dict):
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.log = root / "ray-start.log"
+        exe = Path(sys.executable).with_name("ray")
+        cmd = [str(exe), "start", "--head", "--block", "--port", str(port),
+               "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
+               "--include-dashboard", "false", "--disable-usage-stats",
+               "--object-store-memory", str(200 << 20), "--temp-dir", str(root / "ray"),
+               "--ray-client-server-port", str(free_port()),
+               "--dashboard-agent-listen-port", str(free_port()),
+               "--metrics-export-port", str(free_port())]
+        self.guard = guarded(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
+        self.head = child_of(self.guard)
+        self.seen: set[int] = {self.guard.pid, self.head}
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in self.log.read_text():
+            assert self.guard.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "ray start: no cluster within 90 s"
+            time.sleep(0.5)
+
+    def processes(self) -> set[int]:
+        self.seen |= descendants(self.guard.pid)
+        return self.seen
+
+    def stop(self) -> None:
+        pids = self.processes()
+        kill_all([self.head], signal.SIGTERM)  # --block: it stops what it started
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.guard.wait(20)
+        kill_all(wait_gone(pids, 2))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.guard.wait(5)
+        assert not wait_gone(pids, 10), "Ray processes survived the cluster's stop"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    # No token for a throwaway cluster of one test module (a driver that connects by address
+    # sends no token unless RAY_AUTH_MODE=token was set before Ray loaded its config).
+    c = Cluster(root, {**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the store
+
+
+def finished_runs(uri: str, experiment: str = "flip_flop") -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    by_hash: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        by_hash.setdefault(run.data.tags[HASH_TAG], []).append(run)
+    return by_hash
+
+
+def only_finished(by_hash: dict[str, list]) -> dict[str, object]:
+    """The one FINISHED run per config hash (asserting there is exactly one)."""
+    out = {}
+    for h, runs in by_hash.items():
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        assert len(done) == 1, f"config {h}: {len(done)} FINISHED runs"
+        out[h] = done[0]
+    return out
+
+
+def deterministic(run) -> dict[str, float]:
+    return {k: v for k, v in run.data.metrics.items() if k not in TIMING}
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cells = plan(["softmax", "entmax:alpha=1.5"], None, "smoke", 1, "cpu")
+    local, remote = f"sqlite:///{tmp_path}/local.db", f"sqlite:///{tmp_path}/ray.db"
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt-local"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a Ray cell's CPU share: 1 CPU, 1 thread
+    try:
+        assert sweep(cells, local, progress=False, out=io.StringIO()) == 0
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", "ckpt-ray")  # relative: made absolute
+    out = io.StringIO()
+    assert sweep_ray(cells, remote, cluster.address, progress=False, out=out) == 0
+    text = out.getvalue()
+    assert "via mlflow server http://127.0.0.1:" in text and text.count(": done in") == 2
+    assert (tmp_path / "ckpt-ray").is_dir()
+
+    want, got = only_finished(finished_runs(local)), only_finished(finished_runs(remote))
+    assert set(got) == set(want) == {c.config_hash for c in cells}
+    for h, run in got.items():
+        assert deterministic(run) == deterministic(want[h])  # bit for bit
+        assert "exact_match_L128" in run.data.metrics
+        assert run.data.params == want[h].data.params
+        assert run.data.tags["suite.executor"] == "ray"
+        names = [a.path for a in MlflowClient(remote).list_artifacts(run.info.run_id)]
+        assert names == ["eval.json"]  # written beside the database, as the local executor
+
+    out = io.StringIO()  # the same sweep again: nothing to do
+    assert sweep_ray(cells, remote, cluster.address, progress=False, out=out) == 0
+    assert out.getvalue().count("skipped, finished already") == 2
+    assert sum(len(v) for v in finished_runs(remote).values()) == 2
+
+
+def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    cells = plan(["softmax", "entmax"], None, "smoke", 1, "cpu", steps=STEPS)
+    victim = cells[1]
+    killed: list[int] = []
+
+    def kill_victim_mid_training():
+        last = tmp_path / "ckpt" / victim.config_hash / "last.pt"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            time.sleep(0.2)
+            if not last.exists():
+                continue
+            with contextlib.suppress(Exception):  # a checkpoint being replaced
+                if torch.load(last, weights_only=False)["step"] >= STEPS // 2:
+                    return  # too late to land mid-training
+            for pid in cluster.processes():
+                if f"ray::cell {victim.name}" in cmdline(pid) and alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+
+    killer = threading.Thread(target=kill_victim_mid_training, daemon=True)
+    killer.start()
+    out = io.StringIO()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert sweep_ray(cells, uri, cluster.address, progress=False, out=out) == 0, out.getvalue()
+    killer.join(5)
+    assert killed, "the victim's worker was never seen mid-training"
+    by_hash = finished_runs(uri)
+    done = only_finished(by_hash)
+    assert set(done) == {c.config_hash for c in cells}
+    assert done[victim.config_hash].data.metrics["resumed_from"] > 0
+    leftovers = [r for r in by_hash[victim.config_hash] if r.info.status != "FINISHED"]
+    assert [r.info.status for r in leftovers] == ["KILLED"]  # the killed attempt, superseded
+    assert leftovers[0].data.tags["suite.superseded_by"] == done[victim.config_hash].info.run_id
+
+
+class Sweep:
+    """`suite run --executor ray` in a subprocess of its own session, stdout read by line."""
+
+    def __init__(self, argv, cwd: Path, env: dict):
+        self.guard = guarded([sys.executable, "-m", "suite", "run", *argv], cwd=cwd, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.pid = child_of(self.guard)  # the driver
+        self.lines: queue.Queue = queue.Queue()
+        self.text: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.guard.stdout:
+            self.text.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.guard.poll() is None, "".join(self.text)[-3000:]
+                continue
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}:\n{''.join(self.text)[-3000:]}")
+
+
+def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
+    from results.leaderboard import build
+    from results.tracking import Tracker
+
+    env = {**os.environ, "SUITE_RAY_NUM_CPUS": "2",
+           "SUITE_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    argv = ["--profile", "smoke", "--attention", "softmax", "--attention", "entmax",
+            "--seeds", "2", "--steps", str(STEPS), "--executor", "ray", "--no-progress"]
+    cells = plan(["softmax", "entmax"], None, "smoke", 2, "cpu", steps=STEPS)
+    hashes = {c.config_hash for c in cells}
+    first = Sweep(argv, tmp_path, env)
+    seen: set[int] = {first.guard.pid, first.pid}
+    try:
+        server = first.wait_for(r"leaderboard while it runs: .* (http://\S+)", 120).group(1)
+        first.wait_for(r": done in", 180)
+        tracker = Tracker(server)
+        deadline = time.monotonic() + 120  # until a cell is mid-training, past a checkpoint
+        while True:
+            seen |= descendants(first.guard.pid)
+            running = [c for c in cells
+                       if (tmp_path / "ckpt" / c.config_hash / "last.pt").exists()
+                       and not tracker.finished("flip_flop", c.config_hash)]
+            if running:
+                break
+            assert time.monotonic() < deadline, "no cell was seen mid-training"
+            time.sleep(0.2)
+        tab, text = build(server)  # the leaderboard renders while the sweep runs
+        assert tab.height >= 2 and "flip_flop" in text
+        seen |= descendants(first.guard.pid)
+        server_guard = [p for p in seen if "suite.ray_guard" in cmdline(p) and p != first.guard.pid]
+        server_pids = descendants(server_guard[0]) | set(server_guard)
+        os.kill(first.pid, signal.SIGKILL)  # the driver
+        first.guard.wait(10)  # the test's guard follows its child
+        kill_all(seen - server_pids)  # the driver's Ray cluster, by id
+        assert not wait_gone(server_pids, 30), "the tracking server outlived its driver"
+        assert not wait_gone(seen, 20)
+    finally:
+        seen |= descendants(first.guard.pid)
+        kill_all(seen)
+        first.guard.wait(10)
+
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"  # readable after the kill
+    before = finished_runs(uri)
+    assert any(r.info.status == "RUNNING" for runs in before.values() for r in runs)
+    n_done = sum(r.info.status == "FINISHED" for runs in before.values() for r in runs)
+    assert 1 <= n_done < len(cells)
+
+    second = Sweep(argv, tmp_path, env)
+    try:
+        assert second.guard.wait(240) == 0, "".join(second.text)[-3000:]
+    finally:
+        leftover = descendants(second.guard.pid) | {second.pid}
+        kill_all(leftover | {second.guard.pid})
+        second.guard.wait(10)
+    text = "".join(second.text)
+    assert text.count("skipped, finished already") == n_done
+    by_hash = finished_runs(uri)
+    done = only_finished(by_hash)  # every cell exactly once
+    assert set(done) == hashes
+    for run in done.values():  # nothing lost: every length of the ladder is there
+        assert {"exact_match_L64", "exact_match_L128", "token_acc_L128"} <= set(run.data.metrics)
+    assert any(run.data.metrics["resumed_from"] > 0 for run in done.values())
+    statuses = [r.info.status for runs in by_hash.values() for r in runs]
+    assert "RUNNING" not in statuses  # the interrupted runs were superseded (KILLED)
+
+
+PLUGIN = '''
+import os
+from pathlib import Path
+
+import attentions
+
+
+@attentions.register("nan_attention_ray_test")
+def nan_attention(q, k, v, *, causal, bias):
+    """returns NaN: a deterministic failure, recorded without a retry."""
+    return v * float("nan")
+
+
+@attentions.register("flaky_attention_ray_test")
+def flaky_attention(q, k, v, *, causal, bias):
+    """fails on its first call in the whole sweep (a marker file remembers), then is plain."""
+    marker = Path(os.environ["SUITE_CHECKPOINT_DIR"]) / "flaky-failed-once"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError("a transient fault")
+    return v
+'''
+
+
+def test_exceptions_are_retried_then_recorded_failed(cluster, tmp_path, monkeypatch):
+    from attentions import REGISTRY, load_plugin
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    plugin = tmp_path / "faulty_plugin.py"
+    plugin.write_text(PLUGIN)
+    load_plugin(str(plugin))  # as `suite run --plugin` does; workers load the same file
+    try:
+        cells = plan(["nan_attention_ray_test", "flaky_attention_ray_test"], None, "smoke", 1,
+                     "cpu")
+        out = io.StringIO()
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        assert sweep_ray(cells, uri, cluster.address, progress=False, out=out) == 1
+    finally:
+        for name in ("nan_attention_ray_test", "flaky_attention_ray_test"):
+            REGISTRY.unregister(name)
+    text = out.getvalue()
+    assert "FAILED: NonFiniteLoss" in text and "attempt 1 failed (RuntimeError" in text
+    by_hash = finished_runs(uri)
+    nan, flaky = (by_hash[c.config_hash] for c in cells)
+    assert [r.info.status for r in nan] == ["FAILED"]  # deterministic: no retry
+    assert "loss is nan" in nan[0].data.tags["suite.error"]
+    assert sorted(r.info.status for r in flaky) == ["FAILED", "FINISHED"]
+    failed = next(r for r in flaky if r.info.status == "FAILED")
+    assert failed.data.tags["suite.error"] == "RuntimeError: a transient fault"
