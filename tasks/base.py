@@ -81,12 +81,18 @@ class Task:
         return self.train_lengths[1]
 
     @property
-    def vocab_size(self) -> int:
+    def specials(self) -> Specials:
+        """The special tokens, above the task's data ids (tasks with another layout override
+        ``vocab_size`` and ``pad_id`` instead)."""
         raise NotImplementedError
 
     @property
+    def vocab_size(self) -> int:
+        return self.specials.size
+
+    @property
     def pad_id(self) -> int:
-        raise NotImplementedError
+        return self.specials.pad
 
     def meter(self) -> Meter:
         """A fresh accumulator of this task's metrics."""

@@ -39,14 +39,6 @@ class FlipFlop(Task):
     def specials(self) -> Specials:
         return Specials(5)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.specials.size
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials.pad
-
     def generate(self, rng: np.random.Generator, length: int, batch_size: int, split: str) -> Batch:
         pairs = length // 2
         bits = rng.integers(0, 2, size=(batch_size, pairs))  # (B, P)

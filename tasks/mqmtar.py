@@ -89,14 +89,6 @@ class MQMTAR(Task):
     def specials(self) -> Specials:
         return Specials(FIRST_SYMBOL + self.vocab)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.specials.size
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials.pad
-
     def generate(self, rng: np.random.Generator, length: int, batch_size: int, split: str) -> Batch:
         self.check_vocab(length)
         n, b = self.pairs(length), batch_size

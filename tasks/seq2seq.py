@@ -24,14 +24,6 @@ class SymbolSeq2Seq(Task):
     def specials(self) -> Specials:
         return Specials(self.vocab)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.specials.size
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials.pad
-
     def transform(self, src: np.ndarray) -> np.ndarray:
         """The target rows for source rows (B, L)."""
         raise NotImplementedError

@@ -48,14 +48,6 @@ class TextTask(Task):
     def specials(self) -> Specials:
         return Specials(256)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.specials.size
-
-    @property
-    def pad_id(self) -> int:
-        return self.specials.pad
-
     def text(self, split: str, need: int) -> np.ndarray:
         """The bytes of ``split``; fails unless it holds at least ``need`` of them."""
         data = corpus.part(self.corpus, self.path, self.holdout, split)
