@@ -85,7 +85,8 @@ class Attention(nn.Module):
             raise ValueError(f"q must be (B, {self.n_heads}, T, D); got {tuple(q.shape)}")
         q = self.scale_q(q, x)
         norm = self.normalizer()
-        kernel = backends.resolve(self.backend, norm, q.device, bias)
+        size = (*q.shape[:3], k.shape[2])  # (B, H, T, S)
+        kernel = backends.resolve(self.backend, norm, q.device, bias, size)
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
         return kernel.attention(q, k, v, norm=norm, causal=causal, bias=bias, sm_scale=sm_scale)
 

@@ -29,3 +29,10 @@ def test_auto_backend_choice_on_cpu():
     assert resolve("auto", Normalizer("softmax"), cpu, Alibi(torch.ones(2))).NAME == "numba"
     assert resolve("auto", Normalizer("entmax", alpha=1.25), cpu).NAME == "numba"
     assert resolve("auto", Normalizer("topk", k=4), cpu).NAME == "torch"
+    # short rows (training shapes): the torch backend; long rows (evaluation): numba
+    entmax = Normalizer("entmax", alpha=1.5)
+    assert resolve("auto", entmax, cpu, None, (32, 4, 64, 64)).NAME == "torch"
+    assert resolve("auto", entmax, cpu, None, (1, 4, 1024, 1024)).NAME == "numba"
+    alibi = Alibi(torch.ones(4))
+    assert resolve("auto", Normalizer("softmax"), cpu, alibi, (8, 4, 256, 256)).NAME == "torch"
+    assert resolve("auto", Normalizer("softmax"), cpu, alibi, (1, 4, 4096, 4096)).NAME == "numba"

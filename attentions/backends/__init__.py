@@ -9,8 +9,9 @@ broadcastable to (B, H, T, S), or an ``Alibi``.
 A backend module exposes ``NAME``, ``usable() -> bool`` (importable and a device present here),
 ``supports(norm, device, bias) -> bool``,
 ``attention(q, k, v, *, norm, causal, bias, sm_scale) -> (B, H, T, D)`` (differentiable), and
-optionally ``preferred(norm, device, bias) -> bool``: whether ``auto`` should take it where it
-is supported but slower than the next backend (numba softmax without a bias, where SDPA wins).
+optionally ``preferred(norm, device, bias, size=None) -> bool``: whether ``auto`` should take
+it for a call of shape ``size`` = (B, H, T, S) where it is supported but may be slower than
+the next backend (numba on short rows, or on softmax without a bias, where SDPA wins).
 Backends are imported lazily, so numba and triton are imported only when their backend is used.
 """
 
@@ -55,12 +56,19 @@ def available() -> list[str]:
     return [b for b in ORDER if usable(b)]
 
 
-def resolve(name: str, norm: Normalizer, device: torch.device, bias=None):
-    """The backend module to run ``norm`` on ``device``; ``auto`` takes the first that fits."""
+def resolve(name: str, norm: Normalizer, device: torch.device, bias=None, size=None):
+    """The backend module to run ``norm`` on ``device``; ``auto`` takes the first that fits
+    (and prefers itself for a call of shape ``size`` = (B, H, T, S), when given)."""
     if name == "auto":
         for cand in ORDER:
             mod = load(cand) if usable(cand) else None
-            if mod is not None and getattr(mod, "preferred", mod.supports)(norm, device, bias):
+            if mod is None:
+                continue
+            if hasattr(mod, "preferred"):
+                ok = mod.preferred(norm, device, bias, **({"size": size} if size else {}))
+            else:
+                ok = mod.supports(norm, device, bias)
+            if ok:
                 return mod
         raise RuntimeError(f"no backend supports {norm} on {device}")  # torch supports all
     mod = load(name)

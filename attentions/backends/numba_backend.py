@@ -53,10 +53,20 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
     return bias is None or isinstance(bias, (Alibi, torch.Tensor))
 
 
-def preferred(norm: Normalizer, device, bias=None) -> bool:
-    """Whether ``auto`` should pick this backend: not for softmax without a bias, where the
-    torch backend's SDPA is faster on CPU (NUMBA_NOTES.md)."""
-    return supports(norm, device, bias) and not (norm.kind == "softmax" and bias is None)
+#: fewest keys at which ``auto`` takes the numba kernels over the torch backend. Below, the
+#: per-call cost of the thread pool outweighs the kernels (training shapes of the quick
+#: profile, T ~ 64: torch 15-27 ms vs numba 20-29 ms per forward+backward for entmax, 7 vs
+#: 40 ms for softmax with ALiBi); from these lengths on numba wins by 3-25x (2-core EPYC).
+MIN_KEYS = {"entmax": 128, "softmax": 512}
+
+
+def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
+    """Whether ``auto`` should pick this backend for a call of shape ``size`` = (B, H, T, S):
+    not for softmax without a bias (SDPA is faster on CPU, NUMBA_NOTES.md) nor for short
+    rows (``MIN_KEYS``)."""
+    if not supports(norm, device, bias) or (norm.kind == "softmax" and bias is None):
+        return False
+    return size is None or size[-1] >= MIN_KEYS.get(norm.kind, 0)
 
 
 def _kernels():

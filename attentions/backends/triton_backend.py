@@ -55,7 +55,7 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
     return bias is None or isinstance(bias, Alibi)
 
 
-def preferred(norm: Normalizer, device, bias=None) -> bool:
+def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
     """``auto`` takes the kernels on CUDA only, never the CPU interpreter."""
     return supports(norm, device, bias) and torch.device(device).type == "cuda"
 
