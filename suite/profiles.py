@@ -85,7 +85,7 @@ _SMOKE = Profile(
     tasks=("flip_flop",),
 )
 
-_Q = Budget(steps=1000, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
+_Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
             val_samples=64, eval_samples=100, max_eval_length=1024)
 _QUICK = Profile(
     "quick",
