@@ -184,9 +184,11 @@ def test_cuda_head_dims_fwd_bwd(D, dtype, causal):
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA only")
-def test_auto_picks_triton_on_cuda():
+def test_auto_picks_triton_on_cuda_only_when_opted_in(monkeypatch):
     from attentions.backends import resolve
 
+    assert resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda")).NAME == "torch"
+    monkeypatch.setenv("SUITE_TRITON_AUTO", "1")
     mod = resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda"),
                            Alibi(torch.ones(2, device="cuda")))
     assert mod.NAME == "triton"

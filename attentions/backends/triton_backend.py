@@ -56,8 +56,13 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
 
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
-    """``auto`` takes the kernels on CUDA only, never the CPU interpreter."""
-    return supports(norm, device, bias) and torch.device(device).type == "cuda"
+    """Whether ``auto`` takes the kernels: not yet (opt in with SUITE_TRITON_AUTO=1), and never
+    the CPU interpreter. On an H100 (2026-11-27) the contract's half-precision case failed for
+    sparsemax in fp16 (relative error 2.7e-3 against plain torch's 1.1e-3; the rule is at most
+    2x), besides the float32 backward (see ``fused_backward``); until both pass on a GPU,
+    ``auto`` stays on the torch backend and the kernels run when asked for by name."""
+    return (os.environ.get("SUITE_TRITON_AUTO") == "1" and supports(norm, device, bias)
+            and torch.device(device).type == "cuda")
 
 
 def _kernels():
