@@ -31,6 +31,8 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from .longforward import peak_gib
+
 H, D = 16, 64
 LENGTHS = (1024, 4096, 16384, 65536)
 FWD_ONLY_FROM = 65536
@@ -88,15 +90,6 @@ def _bench(fn, warmup=10, rep=50):
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
-def _peak_gib(fn):
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**30
-
-
 def _check(fn, T):
     """Relative error of our forward against the torch backend in float32 (2 heads)."""
     from attentions.backends import torch_backend
@@ -121,7 +114,7 @@ def measure(name, fn, T, do_bwd):
         with torch.no_grad():
             fn(q, k, v)  # compile / autotune outside the timing
             row["fwd_ms"] = _bench(lambda: fn(q, k, v))
-            row["fwd_peak_gib"] = _peak_gib(lambda: fn(q, k, v))
+            row["fwd_peak_gib"] = peak_gib(lambda: fn(q, k, v))
         del q, k, v
         if do_bwd and T < FWD_ONLY_FROM:
             q, k, v = _inputs(B, T, torch.bfloat16, True)
@@ -133,7 +126,7 @@ def measure(name, fn, T, do_bwd):
 
             step()
             row["fwdbwd_ms"] = _bench(step)
-            row["fwdbwd_peak_gib"] = _peak_gib(step)
+            row["fwdbwd_peak_gib"] = peak_gib(step)
             del q, k, v, g
         if hasattr(fn, "norm"):
             row["rel_err_vs_torch_fp32"] = _check(fn, T)

@@ -39,8 +39,9 @@ def _time(fn, reps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _peak(fn, device: torch.device) -> float | None:
-    if device.type != "cuda":
+def peak_gib(fn, device: torch.device | str = "cuda") -> float | None:
+    """GiB the call allocates on the GPU beyond what was allocated before it (None on CPU)."""
+    if torch.device(device).type != "cuda":
         return None
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -65,7 +66,7 @@ def measure(spec: str, T: int, B=1, H=16, D=64, dtype=torch.bfloat16, device="cu
         backend_used = resolve(backend, attn.normalizer(), device).NAME
     with torch.no_grad():
         ms = _time(fn, reps, device)
-        peak = _peak(fn, device)
+        peak = peak_gib(fn, device)
         out = fn()
     assert torch.isfinite(out).all(), f"{spec}: non-finite output"
     return {"impl": spec, "backend": backend_used, "T": T, "B": B, "H": H, "D": D,
