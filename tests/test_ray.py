@@ -306,6 +306,8 @@ def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
     try:
         server = first.wait_for(r"leaderboard while it runs: .* (http://\S+)", 120).group(1)
         first.wait_for(r": done in", 180)
+        tab, text = build(server)  # the leaderboard renders while the sweep runs
+        assert tab.height >= 1 and "flip_flop" in text
         tracker = Tracker(server)
         deadline = time.monotonic() + 120  # until a cell is mid-training, past a checkpoint
         while True:
@@ -316,15 +318,13 @@ def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
             if running:
                 break
             assert time.monotonic() < deadline, "no cell was seen mid-training"
-            time.sleep(0.2)
-        tab, text = build(server)  # the leaderboard renders while the sweep runs
-        assert tab.height >= 2 and "flip_flop" in text
-        seen |= descendants(first.guard.pid)
+            time.sleep(0.05)
         server_guard = [p for p in seen if "suite.ray_guard" in cmdline(p) and p != first.guard.pid]
         server_pids = descendants(server_guard[0]) | set(server_guard)
-        os.kill(first.pid, signal.SIGKILL)  # the driver
+        # at once, the driver and its Ray cluster by id, while the cell is past a checkpoint
+        os.kill(first.pid, signal.SIGKILL)
+        kill_all(seen - server_pids)
         first.guard.wait(10)  # the test's guard follows its child
-        kill_all(seen - server_pids)  # the driver's Ray cluster, by id
         assert not wait_gone(server_pids, 30), "the tracking server outlived its driver"
         assert not wait_gone(seen, 20)
     finally:
