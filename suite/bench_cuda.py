@@ -253,8 +253,6 @@ def main(argv=None) -> int:
     ap.add_argument("--extras", action="store_true", help="also ALiBi and alpha=1.25 rows")
     ap.add_argument("--sweep", action="store_true", help="first time block configurations")
     args = ap.parse_args(argv)
-    # time the fused backward kernels themselves (training calls on CUDA do not use them yet)
-    os.environ.setdefault("SUITE_TRITON_FUSED_BACKWARD", "1")
     if not torch.cuda.is_available():
         print("bench_cuda needs a CUDA device", file=sys.stderr)
         return 2

@@ -96,11 +96,8 @@ def cmd_bench(args) -> int:
 
         if not torch.cuda.is_available():
             raise attentions.SpecError("--device cuda: no CUDA device is visible here")
-        import os
-
         from . import bench, bench_cuda
 
-        os.environ.setdefault("SUITE_TRITON_FUSED_BACKWARD", "1")  # time the fused kernels
         rows = bench_cuda.run(args.lengths or bench_cuda.LENGTHS)
     else:
         from . import bench

@@ -32,7 +32,7 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.fixture(autouse=True)
 def _fused_backward(monkeypatch):
-    """Test the fused backward kernels themselves (training on CUDA does not use them yet)."""
+    """Test the fused backward kernels themselves, whatever the environment says."""
     monkeypatch.setenv("SUITE_TRITON_FUSED_BACKWARD", "1")
 
 
