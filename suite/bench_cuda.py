@@ -143,14 +143,7 @@ DQ_CFGS = ["128,64,8,2", "64,64,4,2", "128,32,8,2", "64,32,4,2", "128,64,4,3"]
 
 
 def _timed_with(env_key, cfg, fn):
-    os.environ[env_key] = cfg
-    try:
-        fn()
-        return _bench(fn)
-    except Exception as err:
-        return f"{type(err).__name__}: {str(err)[:200]}"
-    finally:
-        os.environ.pop(env_key, None)
+    return _with_env({env_key: cfg}, fn)
 
 
 def _sweep_one(T):
@@ -183,6 +176,68 @@ def sweep(lengths=(4096, 16384)):
         out += _sweep_one(T)
         torch.cuda.empty_cache()
     return out
+
+
+PASS_VARIANTS = {  # label: environment for the forward of ours (alpha=1.5)
+    "default": {},
+    "max+output (no threshold pass)": {"SUITE_TRITON_TAU_PASSES": "0,0"},
+    "1 threshold pass": {"SUITE_TRITON_TAU_PASSES": "1,0"},
+    "2 threshold passes": {"SUITE_TRITON_TAU_PASSES": "2,0"},
+    "no tile skipping": {"SUITE_TRITON_SKIP": "0"},
+}
+
+
+def _with_env(env, fn):
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        fn()
+        return _bench(fn)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    finally:
+        for key, val in old.items():
+            if val is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = val
+
+
+def _passes_at(T, fn):
+    q, k, v = _inputs(2, T, torch.bfloat16, False)
+    out = []
+    with torch.no_grad():
+        for label, env in {"sdpa_flash": None, **PASS_VARIANTS}.items():
+            call = (lambda: _sdpa(q, k, v)) if env is None else (lambda: fn(q, k, v))
+            out.append({"variant": label, "T": T, "ms": _with_env(env or {}, call)})
+            print(out[-1], flush=True)
+    return out
+
+
+def passes(lengths=(4096, 16384)):
+    """Where the forward's time goes: ours under pass-count variants (differences between
+    rows give the cost of one threshold pass; "max+output" is a lower bound of what a
+    cheaper threshold search could reach), with SDPA flash in the same run."""
+    out = []
+    fn = _ours(1.5)
+    for T in lengths:
+        out += _passes_at(T, fn)
+        torch.cuda.empty_cache()
+    return out
+
+
+def once(T: int, impl: str = "both") -> None:
+    """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
+    a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench_cuda --once T``)."""
+    q, k, v = _inputs(2, T, torch.bfloat16, False)
+    fns = {"ours": _ours(1.5), "sdpa": _sdpa}
+    with torch.no_grad():
+        for name, fn in fns.items():
+            if impl in (name, "both"):
+                fn(q, k, v)
+                torch.cuda.synchronize()
+                fn(q, k, v)
+                torch.cuda.synchronize()
 
 
 def format_table(rows):
@@ -252,10 +307,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bwd", action="store_true", help="forward only")
     ap.add_argument("--extras", action="store_true", help="also ALiBi and alpha=1.25 rows")
     ap.add_argument("--sweep", action="store_true", help="first time block configurations")
+    ap.add_argument("--passes", action="store_true",
+                    help="first time the forward under pass-count variants")
+    ap.add_argument("--once", type=int, default=None, metavar="T",
+                    help="run one forward (after a warm-up) at length T and exit: for profilers")
+    ap.add_argument("--impl", default="both", choices=("both", "ours", "sdpa"),
+                    help="with --once: which forward")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_cuda needs a CUDA device", file=sys.stderr)
         return 2
+    if args.once:
+        once(args.once, args.impl)
+        return 0
     env = environment()
     print("#", json.dumps(env), flush=True)
     result = {"env": env, "rows": []}
@@ -264,8 +328,10 @@ def main(argv=None) -> int:
             result["sweep"] = sweep()
         except Exception:
             traceback.print_exc()
+    if args.passes:
+        result["passes"] = passes()
     impls = implementations(args.extras)
-    for T in (int(t) for t in args.lengths.split(",")):
+    for T in (int(t) for t in args.lengths.split(",") if t.strip()):
         for name, fn in impls.items():
             if name in ("triton_entmax15_nape", "triton_entmax125") and T > 16384:
                 continue

@@ -75,25 +75,36 @@ def _mode(alpha: float) -> int:
     return {1.5: 0, 2.0: 1}.get(float(alpha), 2)
 
 
-#: query blocks whose rows see at most this many key tiles take the extra threshold pass
+#: query blocks whose rows see at most this many key tiles go on with threshold passes until
+#: converged (a short list of tile maxima gives a rougher start)
 EXTRA_BELOW_TILES = 32
+
+#: estimated threshold error |f(t)| / |f'(t)| at which the adaptive passes stop
+TAU_TOL = 1e-6
 
 
 def tau_passes(alpha: float, dtype: torch.dtype) -> tuple[int, int]:
-    """(dense threshold passes after the max pass, extra passes for blocks that see at most
-    EXTRA_BELOW_TILES key tiles). Override: SUITE_TRITON_TAU_PASSES='n,extra'.
+    """(threshold passes every query block takes after the max pass, at most this many more
+    for the blocks that iterate to convergence: rows seeing <= EXTRA_BELOW_TILES key tiles, and
+    every block for generic alpha). Override: SUITE_TRITON_TAU_PASSES='n,extra'.
 
     alpha = 1.5 from the top-tile-maxima start: once rows see > 32 tiles, one pass leaves tau
     exact for most rows and within ~1e-3 for the rest (simulated on Gaussian rows), two make it
-    exact; rows seeing fewer tiles start rougher and take three. fp32 inputs take enough passes
-    for float32 parity; generic alpha takes Halley passes."""
+    exact; shorter rows start rougher and iterate until the error estimate is below TAU_TOL.
+    fp32 inputs take enough passes for float32 parity."""
     env = os.environ.get("SUITE_TRITON_TAU_PASSES")
     if env:
         n, extra = (int(x) for x in env.split(","))
         return n, extra
     low = dtype in (torch.float16, torch.bfloat16)
-    table = {0: ((1, 2), (3, 1)), 1: ((2, 1), (4, 1)), 2: ((12, 0), (16, 0))}
+    table = {0: ((1, 6), (3, 6)), 1: ((2, 6), (4, 6)), 2: ((3, 12), (3, 16))}
     return table[_mode(alpha)][0 if low else 1]
+
+
+def skip_empty_tiles() -> bool:
+    """Whether the output pass tests each key tile for support before its PV products
+    (SUITE_TRITON_SKIP=0/1; default on)."""
+    return os.environ.get("SUITE_TRITON_SKIP", "1") != "0"
 
 
 def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, int, int]:
@@ -144,10 +155,12 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     kern._fwd_kernel[grid](
         q, k, v, out, o2, stats, slopes,
         H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0),
-        MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=EXTRA_BELOW_TILES,
-        CAUSAL=bool(causal), HAS_ALIBI=has_alibi, STORE_O2=bool(need_o2), BLOCK_M=bm,
+        TAU_TOL, MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=EXTRA_BELOW_TILES,
+        CAUSAL=bool(causal), HAS_ALIBI=has_alibi, STORE_O2=bool(need_o2),
+        SKIP=skip_empty_tiles(), BLOCK_M=bm,
         BLOCK_N=bn, BLOCK_D=BD, R_TOP=R_TOP,
-        EVEN_D=(BD == D), PREC=_prec(q.dtype), num_warps=warps, num_stages=stages,
+        EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(), num_warps=warps,
+        num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats
 
@@ -228,6 +241,7 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         and q.shape[0] * q.shape[1] > 0
         and q.shape[2] > 0
         and k.shape[2] > 0
+        and sm_scale > 0  # the max pass keeps raw q.k maxima and scales them afterwards
     )
     if not fused:
         return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,

@@ -99,15 +99,6 @@ def _scores(q, kt, rows, cols, mx, S, off, c1, slope_c,
 
 
 @triton.jit
-def _push_top(top, v, R: tl.constexpr):
-    """Keep the R largest values per row: v replaces the row's smallest entry when larger."""
-    mn = tl.min(top, 1)
-    idx = tl.argmin(top, 1)
-    rr = tl.arange(0, R)
-    return tl.where((rr[None, :] == idx[:, None]) & (v > mn)[:, None], v[:, None], top)
-
-
-@triton.jit
 def _update15(t, lo, hi, cnt, s1, s2):
     """alpha = 1.5 bracket update from the sums over x > t of 1, (x - t), (x - t)^2.
 
@@ -159,38 +150,53 @@ def _update_gen(t, lo, hi, f0, f1, f2, r):
     lo = tl.where(f >= 0.0, t, lo)
     hi = tl.where(f < 0.0, t, hi)
     step = t - 2.0 * f * df / (2.0 * df * df - f * ddf)
-    ok = (step > lo) & (step < hi)
+    ok = (step >= lo) & (step <= hi)  # at convergence the step is t itself, = lo or hi
     return tl.where(ok, step, 0.5 * (lo + hi)), lo, hi
 
 
 @triton.jit
-def _tile_stats(x, t, r, MODE: tl.constexpr):
-    """Row sums over one tile for the threshold update at t."""
-    d = x - t[:, None]
-    pos = d > 0.0
+def _indicator(d, ASM: tl.constexpr):
+    """1.0 where d > 0, else 0.0, as float arithmetic. On the GPU one saturating multiply
+    (mul.sat clamps to [0, 1]; d > 1e-30 gives 1, -inf gives 0). A compare-and-select does the
+    same in the interpreter, but on sm_90 LLVM packs the 64 compare results per thread into
+    16-bit masks and unpacks them again (~4 extra instructions per score, seen in the SASS)."""
+    if ASM:
+        return tl.inline_asm_elementwise("mul.sat.f32 $0, $1, 0f7149F2CA;", "=r,r", [d],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    return tl.where(d > 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def _tile_stats(d, MODE: tl.constexpr, ASM: tl.constexpr):
+    """Row sums over one tile of d = x - t for the threshold update at t (-inf where masked).
+    alpha = 1.5: count, sum d, sum d^2 over d > 0 (no transcendentals); alpha = 2: count, sum d;
+    other alpha: ``_tile_stats_gen``."""
+    dp = tl.maximum(d, 0.0)
+    cnt = tl.sum(_indicator(d, ASM), 1)
     if MODE == 0:
-        dp = tl.where(pos, d, 0.0)
-        return tl.sum(pos.to(tl.float32), 1), tl.sum(dp, 1), tl.sum(dp * dp, 1)
-    elif MODE == 1:
-        dp = tl.where(pos, d, 0.0)
-        return tl.sum(pos.to(tl.float32), 1), tl.sum(dp, 1), tl.sum(dp, 1) * 0.0
-    else:
-        ds = tl.where(pos, d, 1.0)
-        lg = tl.log2(ds)
-        a = tl.where(pos, tl.exp2((r - 2.0) * lg), 0.0)  # d^(r-2)
-        b = a * ds  # d^(r-1)
-        return tl.sum(b * ds, 1), tl.sum(b, 1), tl.sum(a, 1)
+        return cnt, tl.sum(dp, 1), tl.sum(dp * dp, 1)
+    return cnt, tl.sum(dp, 1), cnt * 0.0
+
+
+@triton.jit
+def _tile_stats_gen(d, r):
+    """Any alpha: sums of d^r, d^(r-1), d^(r-2) over d > 0 (one log2, one exp2 per score)."""
+    pos = d > 0.0
+    ds = tl.where(pos, d, 1.0)
+    a = tl.where(pos, tl.exp2((r - 2.0) * tl.log2(ds)), 0.0)  # d^(r-2)
+    b = a * ds  # d^(r-1)
+    return tl.sum(b * ds, 1), tl.sum(b, 1), tl.sum(a, 1)
 
 
 @triton.jit
 def _p_u(d, r, MODE: tl.constexpr):
-    """Unnormalized p = d^r and u = d^(r-1) (proportional to p^(2-alpha)), d > 0 only."""
+    """Unnormalized p = d^r and u = d^(r-1) (proportional to p^(2-alpha)), 0 where d <= 0."""
     if MODE == 0:
         dp = tl.maximum(d, 0.0)
         return dp * dp, dp
     elif MODE == 1:
         dp = tl.maximum(d, 0.0)
-        return dp, (d > 0.0).to(tl.float32)
+        return dp, tl.where(d > 0.0, 1.0, 0.0)
     else:
         pos = d > 0.0
         lg = tl.log2(tl.where(pos, d, 1.0))
@@ -198,26 +204,69 @@ def _p_u(d, r, MODE: tl.constexpr):
 
 
 @triton.jit
-def _stats_pass(q, kb, rows, offs_n, offs_d, t, mx, S, D, off, c1, slope_c, r, full_n, hi_n,
-                MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """One dense pass over the visible key tiles: the row sums of ``_tile_stats`` at t."""
-    c = t * 0.0
-    s1 = t * 0.0
-    s2 = t * 0.0
-    for n0 in range(0, full_n, BLOCK_N):
+def _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c,
+             MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+             PREC: tl.constexpr):
+    """d = (alpha-1) (sm_scale q k^T + bias) - shift for one tile (one FMA per score without
+    ALiBi), -inf where masked."""
+    x = tl.dot(q, kt, input_precision=PREC)
+    if HAS_ALIBI:
+        x = x * c1 - slope_c * tl.abs((rows[:, None] + off - cols[None, :]).to(tl.float32))
+        x = x - shift[:, None]
+    else:
+        x = x * c1 - shift[:, None]
+    if MASK:
+        ok = cols[None, :] < S
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
+        x = tl.where(ok, x, NEG_INF)
+    return x
+
+
+@triton.jit
+def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, slope_c,
+               MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """Max pass over key tiles [lo_n, hi_n): each row keeps its R largest tile maxima in
+    ``top`` (mn: the row's smallest kept value). Without ALiBi the raw q.k maxima are kept
+    (scaled once per row afterwards, c1 > 0), so a score costs one max."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
         cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
-        x = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI, PREC)
-        a, b, e = _tile_stats(x, t, r, MODE)
-        c += a
-        s1 += b
-        s2 += e
-    for n0 in range(full_n, hi_n, BLOCK_N):
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+        if HAS_ALIBI:
+            s = _shifted(q, kt, rows, cols, mn * 0.0, S, off, c1, slope_c, MASK, CAUSAL,
+                         HAS_ALIBI, PREC)
+        else:
+            s = tl.dot(q, kt, input_precision=PREC)
+            if MASK:
+                ok = cols[None, :] < S
+                if CAUSAL:
+                    ok = ok & (cols[None, :] <= rows[:, None] + off)
+                s = tl.where(ok, s, NEG_INF)
+        v = tl.max(s, 1)
+        # replace the row's smallest kept value (the kept values are distinct: the list
+        # starts from distinct sentinels; an exact tie of two tile maxima at the minimum would
+        # duplicate v, which only perturbs the start, not the bracket of the passes)
+        top = tl.where((top == mn[:, None]) & (v > mn)[:, None], v[:, None], top)
+        mn = tl.min(top, 1)
+    return top, mn
+
+
+@triton.jit
+def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D, off, c1,
+                 slope_c, r, MODE: tl.constexpr, ASM: tl.constexpr, MASK: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """Threshold-pass sums over key tiles [lo_n, hi_n) at the per-row shift mx + t."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
         cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
-        x = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI, PREC)
-        a, b, e = _tile_stats(x, t, r, MODE)
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
+                     PREC)
+        if MODE == 2:
+            a, b, e = _tile_stats_gen(d, r)
+        else:
+            a, b, e = _tile_stats(d, MODE, ASM)
         c += a
         s1 += b
         s2 += e
@@ -225,13 +274,48 @@ def _stats_pass(q, kb, rows, offs_n, offs_d, t, mx, S, D, off, c1, slope_c, r, f
 
 
 @triton.jit
+def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D,
+               off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
+               SKIP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+               PREC: tl.constexpr):
+    """Output pass over key tiles [lo_n, hi_n): O += P V (and U V for training). With SKIP, a
+    tile whose rows all have zero weight skips the PV products (one block-wide test on the
+    row sums of the tile; it costs a barrier per tile, so it pays only where many tiles are
+    empty)."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
+                     PREC)
+        p, u = _p_u(d, r, MODE)
+        zt = tl.sum(p, 1)
+        if SKIP:
+            if tl.max(zt, 0) > 0.0:
+                v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
+                acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
+                if STORE_O2:
+                    zu += tl.sum(u, 1)
+                    acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+        else:
+            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
+            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            if STORE_O2:
+                zu += tl.sum(u, 1)
+                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+        zp += zt
+    return acc, acc2, zp, zu
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
-                H, T, S, D, off, sm_scale, am1, r,
+                H, T, S, D, off, sm_scale, am1, r, tol,
                 MODE: tl.constexpr, N_TAU: tl.constexpr, EXTRA: tl.constexpr,
                 EXTRA_BELOW: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+                R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+                ASM: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -255,23 +339,25 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         full_n = S // BLOCK_N * BLOCK_N
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # 1. max pass, keeping the R_TOP largest tile maxima of each row
-    top = tl.full([BLOCK_M, R_TOP], NEG_INF, dtype=tl.float32)
-    for n0 in range(0, full_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
-        x = _scores(q, kt, rows, cols, zero, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI, PREC)
-        top = _push_top(top, tl.max(x, 1), R_TOP)
-    for n0 in range(full_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
-        x = _scores(q, kt, rows, cols, zero, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI, PREC)
-        top = _push_top(top, tl.max(x, 1), R_TOP)
+    # 1. max pass, keeping the R_TOP largest tile maxima of each row; distinct finite
+    #    sentinels (below any score) make "replace the minimum" replace one entry
+    rr = tl.arange(0, R_TOP)
+    top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
+    mn = tl.min(top, 1)
+    top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
+                         slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+    top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
+                         slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+    kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
     m = tl.max(top, 1)
-    live = m > NEG_INF
+    live = m > -1e36
+    if not HAS_ALIBI:
+        top = top * c1
+        m = m * c1
     mx = tl.where(live, m, 0.0)
 
-    # 2. start: tau of the top list (a lower bound of the row's tau)
+    # 2. start: tau of the kept list (a subset of the row; its tau is a lower bound of the
+    #    row's), iterated until no row moves (at most 12 steps on R_TOP values per row)
     lo = zero - 1.0
     hi = zero
     if MODE == 2:
@@ -282,64 +368,62 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)  # -n^(1-alpha)
         t = 0.5 * (lo + hi)
     else:
-        xs = top - mx[:, None]
+        xs = tl.where(kept, top - mx[:, None], NEG_INF)
         t = lo
         slo = lo
         shi = hi
-        for _ in range(12):
-            c, s1, s2 = _tile_stats(xs, t, r, MODE)
+        it = 0
+        go = True
+        while go:
+            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
             if MODE == 0:
-                t, slo, shi = _update15(t, slo, shi, c, s1, s2)
+                tn, slo, shi = _update15(t, slo, shi, c, s1, s2)
             else:
-                t, slo, shi = _update2(t, slo, shi, c, s1)
-        lo = slo
-        t = tl.maximum(t, lo)
+                tn, slo, shi = _update2(t, slo, shi, c, s1)
+            it += 1
+            go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
+            t = tn
+        t = tl.maximum(t, slo)
 
-    # 3. threshold passes; blocks whose rows see few key tiles (a short top list, so a rougher
-    #    start) take EXTRA more
-    n_pass = N_TAU + EXTRA * (hi_n <= EXTRA_BELOW * BLOCK_N).to(tl.int32)
-    for _ in range(n_pass):
-        c, s1, s2 = _stats_pass(q, kb, rows, offs_n, offs_d, t, mx, S, D, off, c1, slope_c, r,
-                                full_n, hi_n, MODE, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+    # 3. threshold passes: N_TAU on every block; blocks whose rows see few key tiles (a short
+    #    list, so a rougher start) and generic alpha go on, up to EXTRA more, until every live
+    #    row's estimated threshold error |f(t)| / |f'(t)| is at most tol
+    dyn = (hi_n <= EXTRA_BELOW * BLOCK_N) | (MODE == 2)
+    n_max = N_TAU + EXTRA * dyn.to(tl.int32)
+    it = 0
+    go = n_max > 0
+    while go:
+        shift = mx + t
+        c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
+                                 full_n, S, D, off, c1, slope_c, r, MODE, ASM, False, CAUSAL,
+                                 HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n, hi_n,
+                                 S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL, HAS_ALIBI,
+                                 BLOCK_N, EVEN_D, PREC)
         if MODE == 0:
+            err = tl.abs(s2 - 1.0) / tl.maximum(2.0 * s1, 1e-30)
             t, lo, hi = _update15(t, lo, hi, c, s1, s2)
         elif MODE == 1:
+            err = tl.abs(s1 - 1.0) / tl.maximum(c, 1.0)
             t, lo, hi = _update2(t, lo, hi, c, s1)
         else:
+            err = tl.abs(c - 1.0) / tl.maximum(r * s1, 1e-30)
             t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
+        it += 1
+        worst = tl.max(tl.where(live, err, 0.0), 0)
+        go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
     tau = tl.where(live, t, 0.0)
 
-    # 4. output pass over the tiles holding support
+    # 4. output pass
+    shift = mx + tau
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    zp = zero
-    zu = zero
-    for n0 in range(0, full_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, False)
-        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI,
-                    PREC) - tau[:, None]
-        if tl.max(tl.max(d, 1), 0) > 0.0:
-            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, False)
-            p, u = _p_u(d, r, MODE)
-            zp += tl.sum(p, 1)
-            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            if STORE_O2:
-                zu += tl.sum(u, 1)
-                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
-    for n0 in range(full_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
-        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI,
-                    PREC) - tau[:, None]
-        if tl.max(tl.max(d, 1), 0) > 0.0:
-            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, True)
-            p, u = _p_u(d, r, MODE)
-            zp += tl.sum(p, 1)
-            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            if STORE_O2:
-                zu += tl.sum(u, 1)
-                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+    acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
+                                   shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
+                                   CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC)
+    acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
+                                   full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
+                                   HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC)
 
     zinv = tl.where(live & (zp > 0.0), 1.0 / zp, 0.0)
     rmask = rows < T
