@@ -82,23 +82,6 @@ def _load_cols(base, cols, offs_d, n_rows, D, EVEN_D: tl.constexpr, MASK: tl.con
 
 
 @triton.jit
-def _scores(q, kt, rows, cols, mx, S, off, c1, slope_c,
-            MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-            PREC: tl.constexpr):
-    """x = (alpha-1) (sm_scale q k^T + bias) - mx for one (rows x cols) tile, -inf where masked."""
-    x = tl.dot(q, kt, input_precision=PREC) * c1
-    if HAS_ALIBI:
-        x = x - slope_c * tl.abs((rows[:, None] + off - cols[None, :]).to(tl.float32))
-    x = x - mx[:, None]
-    if MASK:
-        ok = cols[None, :] < S
-        if CAUSAL:
-            ok = ok & (cols[None, :] <= rows[:, None] + off)
-        x = tl.where(ok, x, NEG_INF)
-    return x
-
-
-@triton.jit
 def _update15(t, lo, hi, cnt, s1, s2):
     """alpha = 1.5 bracket update from the sums over x > t of 1, (x - t), (x - t)^2.
 
@@ -189,14 +172,13 @@ def _tile_stats_gen(d, r):
 
 
 @triton.jit
-def _p_u(d, r, MODE: tl.constexpr):
+def _p_u(d, r, MODE: tl.constexpr, ASM: tl.constexpr):
     """Unnormalized p = d^r and u = d^(r-1) (proportional to p^(2-alpha)), 0 where d <= 0."""
     if MODE == 0:
         dp = tl.maximum(d, 0.0)
         return dp * dp, dp
     elif MODE == 1:
-        dp = tl.maximum(d, 0.0)
-        return dp, tl.where(d > 0.0, 1.0, 0.0)
+        return tl.maximum(d, 0.0), _indicator(d, ASM)
     else:
         pos = d > 0.0
         lg = tl.log2(tl.where(pos, d, 1.0))
@@ -278,7 +260,7 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
                off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
                SKIP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, ASM: tl.constexpr):
     """Output pass over key tiles [lo_n, hi_n): O += P V (and U V for training). With SKIP, a
     tile whose rows all have zero weight skips the PV products (one block-wide test on the
     row sums of the tile; it costs a barrier per tile, so it pays only where many tiles are
@@ -288,7 +270,7 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
         kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
         d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
                      PREC)
-        p, u = _p_u(d, r, MODE)
+        p, u = _p_u(d, r, MODE, ASM)
         zt = tl.sum(p, 1)
         if SKIP:
             if tl.max(zt, 0) > 0.0:
@@ -420,10 +402,11 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
     acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
                                    shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
-                                   CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC)
+                                   CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
+                                   ASM)
     acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
                                    full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
-                                   HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC)
+                                   HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)
 
     zinv = tl.where(live & (zp > 0.0), 1.0 / zp, 0.0)
     rmask = rows < T
@@ -446,12 +429,65 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, STATS, DELTA, DK, DV, SLOPES,
+def _row_vec(ptr, rows, n, MASK: tl.constexpr):
+    if MASK:
+        return tl.load(ptr + rows, mask=rows < n, other=0.0)
+    return tl.load(ptr + rows)
+
+
+@triton.jit
+def _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo_m, hi_m, T, S, D, off, c1,
+                slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr,
+                EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
+    """dK, dV contributions of the query blocks [lo_m, hi_m); tiles are (keys x queries).
+    Row statistics (``backward``): shift = mx + tau, 1/Z, the U scale and delta times it."""
+    for m0 in range(lo_m, hi_m, BLOCK_M):
+        rows = m0 + offs_m
+        q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, MASK)
+        do = _load_rows(dob, rows, offs_d, T, D, EVEN_D, MASK)
+        shift = _row_vec(sb, rows, T, MASK)
+        zinv = _row_vec(sb + T, rows, T, MASK)
+        usc = _row_vec(sb + 2 * T, rows, T, MASK)
+        dusc = _row_vec(sb + 3 * T, rows, T, MASK)
+        dt = tl.dot(k, tl.trans(q), input_precision=PREC)
+        if HAS_ALIBI:
+            dt = dt * c1 - slope_c * tl.abs((rows[None, :] + off - cols[:, None]).to(tl.float32))
+            dt = dt - shift[None, :]
+        else:
+            dt = dt * c1 - shift[None, :]
+        if MASK:
+            ok = (cols[:, None] < S) & (rows[None, :] < T)
+            if CAUSAL:
+                ok = ok & (cols[:, None] <= rows[None, :] + off)
+            dt = tl.where(ok, dt, NEG_INF)
+        p, u = _p_u(dt, r, MODE, ASM)
+        if SKIP:
+            if tl.max(tl.max(u, 1), 0) > 0.0:
+                dos = (do * zinv[:, None]).to(do.dtype)  # P = p / Z: 1/Z folded into dO
+                dv += tl.dot(p.to(do.dtype), dos, input_precision=PREC)
+                dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+                dst = u * (dpt * usc[None, :] - dusc[None, :])
+                dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+        else:
+            dos = (do * zinv[:, None]).to(do.dtype)
+            dv += tl.dot(p.to(do.dtype), dos, input_precision=PREC)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+            dst = u * (dpt * usc[None, :] - dusc[None, :])
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES,
                      H, T, S, D, off, sm_scale, am1, r,
                      MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """dK, dV for one block of BLOCK_N keys; transposed tiles (keys x queries)."""
+                     SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+                     ASM: tl.constexpr):
+    """dK, dV for one block of BLOCK_N keys, looping over the query blocks that see them:
+    masked blocks (the causal diagonal, a partial last query block, a partial key block)
+    apart from the interior ones."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     j0 = pid_n * BLOCK_N
@@ -462,8 +498,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, STATS, DELTA, DK, DV, SLOPES,
     v = _load_rows(V + bh * S * D, cols, offs_d, S, D, EVEN_D, True)
     qb = Q + bh * T * D
     dob = DO + bh * T * D
-    sb = STATS + bh * 4 * T
-    db = DELTA + bh * T
+    sb = BSTATS + bh * 4 * T
     c1 = sm_scale * am1
     slope_c = 0.0
     if HAS_ALIBI:
@@ -471,40 +506,27 @@ def _bwd_dkdv_kernel(Q, K, V, DO, STATS, DELTA, DK, DV, SLOPES,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
-        # query i sees key j when j <= i + off
-        start_m = tl.maximum(j0 - off, 0) // BLOCK_M * BLOCK_M
-        diag_end = j0 + BLOCK_N - 1 - off  # query blocks starting below need the mask
+        # query i sees key j when j <= i + off; blocks starting before diag_end need the mask
+        lo = tl.maximum(j0 - off, 0) // BLOCK_M * BLOCK_M
+        diag_end = j0 + BLOCK_N - off
+        mid = lo + tl.maximum(diag_end - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
     else:
-        start_m = 0
-        diag_end = 0
-    for m0 in range(start_m, T, BLOCK_M):
-        rows = m0 + offs_m
-        rmask = rows < T
-        q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, True)
-        do = _load_rows(dob, rows, offs_d, T, D, EVEN_D, True)
-        mx = tl.load(sb + rows, mask=rmask, other=0.0)
-        tau = tl.load(sb + T + rows, mask=rmask, other=0.0)
-        # xT: (keys, queries)
-        xt = tl.dot(k, tl.trans(q), input_precision=PREC) * c1
-        if HAS_ALIBI:
-            xt = xt - slope_c * tl.abs((rows[None, :] + off - cols[:, None]).to(tl.float32))
-        dt = xt - mx[None, :] - tau[None, :]
-        ok = (cols[:, None] < S) & rmask[None, :]
-        if CAUSAL:
-            if m0 < diag_end:
-                ok = ok & (cols[:, None] <= rows[None, :] + off)
-        dt = tl.where(ok, dt, NEG_INF)
-        if tl.max(tl.max(dt, 1), 0) > 0.0:
-            zinv = tl.load(sb + 2 * T + rows, mask=rmask, other=0.0)
-            usc = tl.load(sb + 3 * T + rows, mask=rmask, other=0.0)
-            delta = tl.load(db + rows, mask=rmask, other=0.0)
-            p, u = _p_u(dt, r, MODE)
-            p = p * zinv[None, :]
-            u = u * usc[None, :]
-            dv += tl.dot(p.to(do.dtype), do, input_precision=PREC)
-            dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
-            dst = u * (dpt - delta[None, :])
-            dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
+        lo = 0
+        mid = 0
+    t_full = T // BLOCK_M * BLOCK_M
+    if j0 + BLOCK_N > S:  # a partial key block: every tile takes the mask
+        mid = T
+    mid = tl.minimum(tl.maximum(mid, lo), T)
+    end = tl.maximum(mid, t_full)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo, mid, T, S, D,
+                         off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
+                         EVEN_D, PREC, ASM)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, mid, end, T, S, D,
+                         off, c1, slope_c, r, MODE, False, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
+                         EVEN_D, PREC, ASM)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, end, T, T, S, D,
+                         off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
+                         EVEN_D, PREC, ASM)
     omask = (cols[:, None] < S) & (offs_d[None, :] < D)
     optr = bh * S * D + cols[:, None] * D + offs_d[None, :]
     tl.store(DK + optr, (dk * sm_scale).to(DK.dtype.element_ty), mask=omask)
@@ -512,11 +534,38 @@ def _bwd_dkdv_kernel(Q, K, V, DO, STATS, DELTA, DK, DV, SLOPES,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, STATS, DELTA, DQ, SLOPES,
+def _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, lo_n, hi_n, S, D, off,
+              c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+              HAS_ALIBI: tl.constexpr, SKIP: tl.constexpr, BLOCK_N: tl.constexpr,
+              EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
+    """dQ contributions of the key tiles [lo_n, hi_n)."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
+                     PREC)
+        _, u = _p_u(d, r, MODE, ASM)
+        if SKIP:
+            if tl.max(tl.max(u, 1), 0) > 0.0:
+                vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
+                dp = tl.dot(do, vt, input_precision=PREC)
+                ds = u * (dp * usc[:, None] - dusc[:, None])
+                dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+        else:
+            vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
+            dp = tl.dot(do, vt, input_precision=PREC)
+            ds = u * (dp * usc[:, None] - dusc[:, None])
+            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
                    H, T, S, D, off, sm_scale, am1, r,
                    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   EVEN_D: tl.constexpr, PREC: tl.constexpr):
+                   SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+                   ASM: tl.constexpr):
     """dQ for one block of BLOCK_M queries."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -527,11 +576,10 @@ def _bwd_dq_kernel(Q, K, V, DO, STATS, DELTA, DQ, SLOPES,
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + bh * T * D, rows, offs_d, T, D, EVEN_D, True)
     do = _load_rows(DO + bh * T * D, rows, offs_d, T, D, EVEN_D, True)
-    sb = STATS + bh * 4 * T
-    mx = tl.load(sb + rows, mask=rmask, other=0.0)
-    tau = tl.load(sb + T + rows, mask=rmask, other=0.0)
-    usc = tl.load(sb + 3 * T + rows, mask=rmask, other=0.0)
-    delta = tl.load(DELTA + bh * T + rows, mask=rmask, other=0.0)
+    sb = BSTATS + bh * 4 * T
+    shift = tl.load(sb + rows, mask=rmask, other=0.0)
+    usc = tl.load(sb + 2 * T + rows, mask=rmask, other=0.0)
+    dusc = tl.load(sb + 3 * T + rows, mask=rmask, other=0.0)
     kb = K + bh * S * D
     vb = V + bh * S * D
     c1 = sm_scale * am1
@@ -546,24 +594,12 @@ def _bwd_dq_kernel(Q, K, V, DO, STATS, DELTA, DQ, SLOPES,
         hi_n = S
         full_n = S // BLOCK_N * BLOCK_N
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        masked = n0 >= full_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, True)
-        d = _scores(q, kt, rows, cols, mx, S, off, c1, slope_c, False, CAUSAL, HAS_ALIBI,
-                    PREC) - tau[:, None]
-        if masked:
-            ok = cols[None, :] < S
-            if CAUSAL:
-                ok = ok & (cols[None, :] <= rows[:, None] + off)
-            d = tl.where(ok, d, NEG_INF)
-        if tl.max(tl.max(d, 1), 0) > 0.0:
-            vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, True)
-            _, u = _p_u(d, r, MODE)
-            u = u * usc[:, None]
-            dp = tl.dot(do, vt, input_precision=PREC)
-            ds = u * (dp - delta[:, None])
-            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+    dq = _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, 0, full_n, S, D,
+                   off, c1, slope_c, r, MODE, False, CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D,
+                   PREC, ASM)
+    dq = _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, full_n, hi_n, S,
+                   D, off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D,
+                   PREC, ASM)
     omask = rmask[:, None] & (offs_d[None, :] < D)
     tl.store(DQ + bh * T * D + rows[:, None] * D + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=omask)
