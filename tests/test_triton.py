@@ -184,14 +184,21 @@ def test_cuda_head_dims_fwd_bwd(D, dtype, causal):
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA only")
-def test_auto_picks_triton_on_cuda_only_when_opted_in(monkeypatch):
+def test_auto_picks_triton_on_cuda_unless_opted_out(monkeypatch):
     from attentions.backends import resolve
 
-    assert resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda")).NAME == "torch"
-    monkeypatch.setenv("SUITE_TRITON_AUTO", "1")
     mod = resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda"),
-                           Alibi(torch.ones(2, device="cuda")))
+                  Alibi(torch.ones(2, device="cuda")))
     assert mod.NAME == "triton"
+    assert resolve("auto", Normalizer("softmax"), torch.device("cuda")).NAME != "triton"
+    monkeypatch.setenv("SUITE_TRITON_AUTO", "0")
+    assert resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda")).NAME == "torch"
+
+
+def test_auto_never_takes_the_interpreter():
+    from attentions.backends import resolve
+
+    assert resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cpu")).NAME != "triton"
 
 
 def test_contract_entry_points():

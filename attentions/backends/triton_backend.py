@@ -56,12 +56,9 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
 
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
-    """Whether ``auto`` takes the kernels: not yet (opt in with SUITE_TRITON_AUTO=1), and never
-    the CPU interpreter. On an H100 (2026-11-27) the contract's half-precision case failed for
-    sparsemax in fp16 (relative error 2.7e-3 against plain torch's 1.1e-3; the rule is at most
-    2x); until the contract passes on a GPU, ``auto`` stays on the torch backend and the
-    kernels run when asked for by name (``backend="triton"``)."""
-    return (os.environ.get("SUITE_TRITON_AUTO") == "1" and supports(norm, device, bias)
+    """Whether ``auto`` takes the kernels: on CUDA for the entmax family (no dense bias), never
+    the CPU interpreter. SUITE_TRITON_AUTO=0 keeps ``auto`` on the torch backend."""
+    return (os.environ.get("SUITE_TRITON_AUTO", "1") != "0" and supports(norm, device, bias)
             and torch.device(device).type == "cuda")
 
 
@@ -129,9 +126,13 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, 
         return (64, 32, 4, 2) if kind == "fwd" else (32, 32, 4, 1)
     if kind == "fwd":
         return (128, 64, 8, 2) if big else (128, 64, 4, 3)
+    # D <= 64: the fastest of `python -m suite.bench_cuda --sweep` on an H100 (2026-11-27):
+    # forward 128,64,4,3 (5.17 ms at T=16384 against 5.85-7.63 for the others), dK/dV
+    # 32,128,4,2 (9.62 ms for the backward against 9.76-10.25), dQ 128,64,4,3 (9.39 against
+    # 9.45-10.18)
     if kind == "dkdv":
-        return (64, 64, 4, 2) if big else (64, 128, 8, 2)
-    return (64, 64, 4, 2) if big else (128, 64, 8, 2)
+        return (64, 64, 4, 2) if big else (32, 128, 4, 2)
+    return (64, 64, 4, 2) if big else (128, 64, 4, 3)
 
 
 def _prec(dtype: torch.dtype) -> str:

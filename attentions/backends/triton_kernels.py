@@ -298,7 +298,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
                 ASM: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
     rows = i0 + tl.arange(0, BLOCK_M)
@@ -367,33 +367,38 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
             t = tn
         t = tl.maximum(t, slo)
 
-    # 3. threshold passes: N_TAU on every block; blocks whose rows see few key tiles (a short
-    #    list, so a rougher start) and generic alpha go on, up to EXTRA more, until every live
-    #    row's estimated threshold error |f(t)| / |f'(t)| is at most tol
-    dyn = (hi_n <= EXTRA_BELOW * BLOCK_N) | (MODE == 2)
-    n_max = N_TAU + EXTRA * dyn.to(tl.int32)
-    it = 0
-    go = n_max > 0
-    while go:
-        shift = mx + t
-        c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
-                                 full_n, S, D, off, c1, slope_c, r, MODE, ASM, False, CAUSAL,
-                                 HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-        c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n, hi_n,
-                                 S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL, HAS_ALIBI,
-                                 BLOCK_N, EVEN_D, PREC)
-        if MODE == 0:
-            err = tl.abs(s2 - 1.0) / tl.maximum(2.0 * s1, 1e-30)
-            t, lo, hi = _update15(t, lo, hi, c, s1, s2)
-        elif MODE == 1:
-            err = tl.abs(s1 - 1.0) / tl.maximum(c, 1.0)
-            t, lo, hi = _update2(t, lo, hi, c, s1)
-        else:
-            err = tl.abs(c - 1.0) / tl.maximum(r * s1, 1e-30)
-            t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
-        it += 1
-        worst = tl.max(tl.where(live, err, 0.0), 0)
-        go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
+    # 3. threshold passes: N_TAU on every block. Blocks whose rows see at most EXTRA_BELOW key
+    #    tiles (a short list of tile maxima, so a rougher start) go on until every live row's
+    #    estimated threshold error |f(t)| / |f'(t)| is at most tol: up to one more pass when
+    #    they see more than EXTRA_BELOW / 2 tiles, up to EXTRA more below that. Generic alpha
+    #    iterates so on every block.
+    if N_TAU + EXTRA > 0:
+        n_tiles = tl.cdiv(hi_n, BLOCK_N)
+        dyn = (n_tiles <= EXTRA_BELOW) | (MODE == 2)
+        more = tl.where((n_tiles <= EXTRA_BELOW // 2) | (MODE == 2), EXTRA, tl.minimum(EXTRA, 1))
+        n_max = N_TAU + more * dyn.to(tl.int32)
+        it = 0
+        go = n_max > 0
+        while go:
+            shift = mx + t
+            c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
+                                     full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
+                                     CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+            c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
+                                     hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
+                                     HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+            if MODE == 0:
+                err = tl.abs(s2 - 1.0) / tl.maximum(2.0 * s1, 1e-30)
+                t, lo, hi = _update15(t, lo, hi, c, s1, s2)
+            elif MODE == 1:
+                err = tl.abs(s1 - 1.0) / tl.maximum(c, 1.0)
+                t, lo, hi = _update2(t, lo, hi, c, s1)
+            else:
+                err = tl.abs(c - 1.0) / tl.maximum(r * s1, 1e-30)
+                t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
+            it += 1
+            worst = tl.max(tl.where(live, err, 0.0), 0)
+            go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
     tau = tl.where(live, t, 0.0)
 
     # 4. output pass
@@ -567,7 +572,7 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
                    ASM: tl.constexpr):
     """dQ for one block of BLOCK_M queries."""
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
     rows = i0 + tl.arange(0, BLOCK_M)
