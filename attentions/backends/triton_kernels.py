@@ -339,33 +339,37 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
     mx = tl.where(live, m, 0.0)
 
     # 2. start: tau of the kept list (a subset of the row; its tau is a lower bound of the
-    #    row's), iterated until no row moves (at most 12 steps on R_TOP values per row)
+    #    row's, for any alpha), iterated until no row moves (at most 12 steps on R_TOP values
+    #    per row; generic alpha: safeguarded Halley on the list)
     lo = zero - 1.0
     hi = zero
-    if MODE == 2:
+    xs = tl.where(kept, top - mx[:, None], NEG_INF)
+    t = lo
+    slo = lo
+    shi = hi
+    it = 0
+    go = True
+    while go:
+        if MODE == 0:
+            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
+            tn, slo, shi = _update15(t, slo, shi, c, s1, s2)
+        elif MODE == 1:
+            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
+            tn, slo, shi = _update2(t, slo, shi, c, s1)
+        else:
+            c, s1, s2 = _tile_stats_gen(xs - t[:, None], r)
+            tn, slo, shi = _update_gen(t, slo, shi, c, s1, s2, r)
+        it += 1
+        go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
+        t = tn
+    t = tl.maximum(t, slo)
+    if MODE == 2:  # the row's own upper bound, -n^(1-alpha) for n visible keys
         if CAUSAL:
             n_vis = tl.minimum(tl.maximum(rows + off + 1, 1), S)
         else:
             n_vis = zero + S
-        hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)  # -n^(1-alpha)
-        t = 0.5 * (lo + hi)
-    else:
-        xs = tl.where(kept, top - mx[:, None], NEG_INF)
-        t = lo
-        slo = lo
-        shi = hi
-        it = 0
-        go = True
-        while go:
-            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
-            if MODE == 0:
-                tn, slo, shi = _update15(t, slo, shi, c, s1, s2)
-            else:
-                tn, slo, shi = _update2(t, slo, shi, c, s1)
-            it += 1
-            go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
-            t = tn
-        t = tl.maximum(t, slo)
+        hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)
+        t = tl.minimum(t, hi)
 
     # 3. threshold passes: N_TAU on every block. Blocks whose rows see at most EXTRA_BELOW key
     #    tiles (a short list of tile maxima, so a rougher start) go on until every live row's
