@@ -231,19 +231,24 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
 
 
 def format_table(rows) -> str:
-    """A markdown table of ``run``'s rows."""
+    """A markdown table of ``run``'s rows (or of ``suite.bench_cuda.run``'s)."""
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    ms = lambda x: fmt(x, ".3f" if x is not None and x < 10 else ".1f")  # noqa: E731
     lines = ["| impl | T | pass | median ms | / sdpa | CPU ms | peak extra MiB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['impl']} | {r['T']} | {r['pass']} | {fmt(r['median_ms'], '.1f')} | "
+        lines.append(f"| {r['impl']} | {r['T']} | {r['pass']} | {ms(r['median_ms'])} | "
                      f"{fmt(r['ratio_to_sdpa'], '.2f')} | {fmt(r.get('cpu_ms'), '.0f')} | "
                      f"{fmt(r['peak_extra_mib'], '.0f')} |")
-    if rows:
+    if rows and "threads" in rows[0]:
         load = rows[0].get("load_avg")
         lines.append(f"\n{rows[0]['device']}, torch threads = {rows[0]['threads']}; causal, "
                      f"float32, B={B}, H={H}, D={D}"
                      + ("" if load is None else f"; 1-min load average after the run {load:.1f}"))
+    elif rows:
+        batches = sorted({r["B"] for r in rows if "B" in r}, reverse=True)
+        lines.append(f"\n{rows[0]['device']}; causal, bf16, B={'/'.join(map(str, batches))}, "
+                     "H=16, D=64 (suite.bench_cuda)")
     return "\n".join(lines)
 
 

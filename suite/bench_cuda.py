@@ -279,26 +279,41 @@ def environment():
     return env
 
 
-def run(lengths=LENGTHS, extras: bool = False, do_bwd: bool = True) -> list[dict]:
-    """The table in `suite bench`'s long format: one dict per (impl, T, pass) with impl, T,
-    pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (SDPA flash of the same run),
-    peak_extra_mib, device. SDPA flash is named ``sdpa_softmax`` there."""
+def long_rows(rows: list[dict], device: str) -> list[dict]:
+    """``measure`` rows in `suite bench`'s long format: one dict per (impl, T, pass) with impl,
+    T, pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (SDPA flash of the same rows),
+    peak_extra_mib, device, B. SDPA flash is named ``sdpa_softmax`` there."""
     out = []
-    for T in lengths:
-        for name, fn in implementations(extras).items():
-            row = measure(name, fn, T, do_bwd)
-            impl = "sdpa_softmax" if name == "sdpa_flash" else name
-            for key, pas in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
-                if f"{key}_ms" in row:
-                    out.append({"impl": impl, "T": T, "pass": pas,
-                                "median_ms": row[f"{key}_ms"],
-                                "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
-                                "device": torch.cuda.get_device_name(), "B": row["B"]})
+    for row in rows:
+        impl = "sdpa_softmax" if row["impl"] == "sdpa_flash" else row["impl"]
+        for key, pas in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
+            if f"{key}_ms" in row:
+                out.append({"impl": impl, "T": row["T"], "pass": pas,
+                            "median_ms": row[f"{key}_ms"],
+                            "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
+                            "device": device, "B": row["B"]})
     for r in out:
         base = next((b["median_ms"] for b in out if b["impl"] == "sdpa_softmax"
                      and b["T"] == r["T"] and b["pass"] == r["pass"]), None)
         r["ratio_to_sdpa"] = r["median_ms"] / base if base else None
     return out
+
+
+def from_json(path: str) -> list[dict]:
+    """The long rows of a table written by ``python -m suite.bench_cuda --out PATH`` (e.g. on
+    a GPU machine that cannot reach the tracking server), to log them elsewhere."""
+    with open(path) as fh:
+        data = json.load(fh)
+    return long_rows(data["rows"], data["env"]["gpu"])
+
+
+def run(lengths=LENGTHS, extras: bool = False, do_bwd: bool = True) -> list[dict]:
+    """Measures the table on this CUDA device; returns ``long_rows``."""
+    rows = []
+    for T in lengths:
+        for name, fn in implementations(extras).items():
+            rows.append(measure(name, fn, T, do_bwd))
+    return long_rows(rows, torch.cuda.get_device_name())
 
 
 def main(argv=None) -> int:

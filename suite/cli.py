@@ -91,7 +91,17 @@ def cmd_import(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.device == "cuda":
+    if args.from_json:
+        from . import bench, bench_cuda
+
+        try:
+            rows = bench_cuda.from_json(args.from_json)
+        except (OSError, ValueError, KeyError) as err:
+            raise attentions.SpecError(
+                f"--from-json {args.from_json}: not a table written by "
+                f"`python -m suite.bench_cuda --out PATH` ({type(err).__name__}: {err})"
+            ) from err
+    elif args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
@@ -184,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--no-log", action="store_true", help="print only; log no bench run")
+    sp.add_argument("--from-json", default=None, metavar="PATH",
+                    help="log a GPU table written by `python -m suite.bench_cuda --out PATH` "
+                    "on another machine instead of measuring here")
     sp.set_defaults(func=cmd_bench)
     return p
 

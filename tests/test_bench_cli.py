@@ -36,3 +36,32 @@ def test_auto_backend_choice_on_cpu():
     alibi = Alibi(torch.ones(4))
     assert resolve("auto", Normalizer("softmax"), cpu, alibi, (8, 4, 256, 256)).NAME == "torch"
     assert resolve("auto", Normalizer("softmax"), cpu, alibi, (1, 4, 4096, 4096)).NAME == "numba"
+
+
+PUBLISHED = "results/published/h100-triton-bench-2026-11-27.json"
+
+
+def test_suite_bench_logs_a_gpu_table_written_elsewhere(tmp_path, capsys):
+    """The GPU table of the README (measured on an H100 without a tracking server) goes into
+    a store through `suite bench --from-json`; ratios are recomputed against the SDPA rows."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / PUBLISHED
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["bench", "--from-json", str(path), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "triton_entmax15" in out and "logged: bench run" in out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
+    assert run.info.status == "FINISHED"
+    sdpa = [k for k in run.data.metrics if k.startswith("median_ms.sdpa_softmax")]
+    ours = [k for k in run.data.metrics if k.startswith("median_ms.triton_entmax15")]
+    assert sdpa and ours
+
+
+def test_suite_bench_from_json_rejects_other_files(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"rows": []}')
+    assert main(["bench", "--from-json", str(bad), "--no-log"]) != 0
+    assert "not a table written by `python -m suite.bench_cuda --out PATH`" in (
+        capsys.readouterr().err)
