@@ -6,22 +6,26 @@ threshold tau_i lies in [-1, 0). With d = [x - tau]_+ and r = 1 / (alpha - 1):
 
     p_ij = d^r / Z_i,   Z_i = sum_j d^r        (Z = 1 up to the error of tau; dividing is free)
 
-Forward, one program per (query block, batch*head), all passes inside one launch:
-1. max pass: QK^T per key tile, the tile's row maxima go into a per-row list of the R largest
-   tile maxima (R_TOP); the row max is the largest of them.
-2. start: the exact tau of that list (a subset of the row, so a lower bound of the row's tau;
-   a few cheap iterations on R values per row), which lands within ~1e-2 of the row's tau.
-3. N_TAU threshold passes: QK^T again, accumulate over x > t the count, sum(x - t) and
-   sum((x - t)^2) (alpha = 1.5: squares and adds only), then update a bracket [lo, hi] and
-   move t to the root of the quadratic model, which is exact once the support is (see
-   ``_update15``). alpha = 2: Michelot/Newton steps. Other alpha: Halley with bisection.
+Forward, one program per (query block, batch*head), longest causal rows first, all passes in
+one launch:
+1. max pass: QK^T per key tile (one max per score on the raw dot product); each row keeps its
+   R_TOP largest tile maxima; the row max is the largest of them.
+2. start: the exact tau of that list (a subset of the row, so a lower bound of the row's tau),
+   iterated in registers until no row moves.
+3. threshold passes: QK^T again, accumulate over x > t the count, sum(x - t) and
+   sum((x - t)^2) (alpha = 1.5: squares and adds only), update a bracket [lo, hi] and move t to
+   the root of the quadratic model, exact once the support is (see ``_update15``); alpha = 2:
+   Michelot steps; other alpha: Halley with bisection. N_TAU passes, more (adaptive) on blocks
+   whose rows see few key tiles.
 4. output pass: QK^T, p, O = P V / Z and, for training, O2 = U V / sum U with U = p^(2-alpha);
-   key tiles with no entry above tau skip the PV products.
+   with SKIP, tiles with no entry above tau skip the PV products.
 Row statistics (mx, tau, 1/Z, Z^(alpha-2)) are stored for the backward: linear memory.
 
-Backward (two kernels, as in Triton's fused-attention tutorial): dK/dV per key block looping
-over query blocks, dQ per query block looping over key blocks; both recompute x from the row
-statistics, skip tiles without support, and use dz = U * (dP - delta), delta_i = dO_i . O2_i.
+Backward (two kernels): dK/dV per key block looping over query blocks, dQ per query block
+looping over key blocks; both recompute x from the row statistics (shift = mx + tau, 1/Z, the U
+scale and delta times it, prepared by ``triton_backend.backward``) and use
+dz = U * (dP - delta), delta_i = dO_i . O2_i. Masked tiles (causal diagonal, partial blocks)
+run in loops of their own. Costs and measurements: TRITON_NOTES.md.
 """
 
 from __future__ import annotations
@@ -79,6 +83,30 @@ def _load_cols(base, cols, offs_d, n_rows, D, EVEN_D: tl.constexpr, MASK: tl.con
     if MASK:
         return tl.load(ptrs, mask=(cols[None, :] < n_rows) & (offs_d[:, None] < D), other=0.0)
     return tl.load(ptrs, mask=offs_d[:, None] < D, other=0.0)
+
+
+@triton.jit
+def _key_range(i0, S, off, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Key tiles of the query block starting at i0: [0, full_n) visible to every row of the
+    block (no mask), [full_n, hi_n) the causal diagonal and a partial last tile (masked)."""
+    if CAUSAL:
+        hi_n = tl.minimum(S, i0 + BLOCK_M + off)
+        full_n = tl.minimum(tl.maximum(i0 + off + 1, 0) // BLOCK_N * BLOCK_N, hi_n)
+        full_n = tl.maximum(full_n, 0)
+    else:
+        hi_n = S
+        full_n = S // BLOCK_N * BLOCK_N
+    return full_n, hi_n
+
+
+@triton.jit
+def _slope(SLOPES, bh, H, am1, HAS_ALIBI: tl.constexpr):
+    """This head's ALiBi slope times (alpha - 1), 0 without ALiBi."""
+    slope_c = 0.0
+    if HAS_ALIBI:
+        slope_c = tl.load(SLOPES + bh % H) * am1
+    return slope_c
 
 
 @triton.jit
@@ -309,16 +337,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
     vb = V + bh * S * D
     q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, True)
     c1 = sm_scale * am1
-    slope_c = 0.0
-    if HAS_ALIBI:
-        slope_c = tl.load(SLOPES + bh % H) * am1
-    if CAUSAL:
-        hi_n = tl.minimum(S, i0 + BLOCK_M + off)
-        full_n = tl.minimum(tl.maximum(i0 + off + 1, 0) // BLOCK_N * BLOCK_N, hi_n)
-        full_n = tl.maximum(full_n, 0)
-    else:
-        hi_n = S
-        full_n = S // BLOCK_N * BLOCK_N
+    slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
+    full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     # 1. max pass, keeping the R_TOP largest tile maxima of each row; distinct finite
@@ -509,9 +529,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES,
     dob = DO + bh * T * D
     sb = BSTATS + bh * 4 * T
     c1 = sm_scale * am1
-    slope_c = 0.0
-    if HAS_ALIBI:
-        slope_c = tl.load(SLOPES + bh % H) * am1
+    slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
@@ -592,16 +610,8 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
     kb = K + bh * S * D
     vb = V + bh * S * D
     c1 = sm_scale * am1
-    slope_c = 0.0
-    if HAS_ALIBI:
-        slope_c = tl.load(SLOPES + bh % H) * am1
-    if CAUSAL:
-        hi_n = tl.minimum(S, i0 + BLOCK_M + off)
-        full_n = tl.minimum(tl.maximum(i0 + off + 1, 0) // BLOCK_N * BLOCK_N, hi_n)
-        full_n = tl.maximum(full_n, 0)
-    else:
-        hi_n = S
-        full_n = S // BLOCK_N * BLOCK_N
+    slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
+    full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, 0, full_n, S, D,
                    off, c1, slope_c, r, MODE, False, CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D,
