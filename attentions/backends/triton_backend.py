@@ -142,10 +142,15 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+_NO_SLOPES: dict = {}
+
+
 def _slopes(bias, H, device):
     if isinstance(bias, Alibi):
         return bias.slopes.to(device=device, dtype=torch.float32).contiguous(), True
-    return torch.zeros(1, device=device, dtype=torch.float32), False
+    if device not in _NO_SLOPES:  # a placeholder argument; one allocation per device
+        _NO_SLOPES[device] = torch.zeros(1, device=device, dtype=torch.float32)
+    return _NO_SLOPES[device], False
 
 
 def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
@@ -181,16 +186,18 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
     B, H, T, D = q.shape
     S = k.shape[2]
     dout = dout.contiguous()
-    delta = (dout.float() * o2.float()).sum(-1)  # (B, H, T)
-    # per-row statistics of the backward kernels: shift = mx + tau, 1/Z, the U scale, and
-    # delta times the U scale (dS = u (dP usc - delta usc))
-    bstats = torch.stack((stats[:, :, 0] + stats[:, :, 1], stats[:, :, 2], stats[:, :, 3],
-                          delta * stats[:, :, 3]), dim=2).contiguous()
+    BD = max(16, triton_next_pow2(D))
+    # per-row statistics of the backward kernels, one launch: shift = mx + tau, 1/Z, the U
+    # scale, and delta times the U scale (dS = u (dP usc - delta usc)), delta_i = dO_i . O2_i
+    bstats = torch.empty_like(stats)
+    prep = 64 if torch.device(q.device).type == "cuda" else 32
+    kern._bwd_prep_kernel[(triton_cdiv(T, prep), B * H)](
+        dout, o2, stats, bstats, T, D, BLOCK=prep, BLOCK_D=BD, EVEN_D=(BD == D),
+        num_warps=4 if prep == 64 else 1)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     slopes, has_alibi = _slopes(bias, H, q.device)
-    BD = max(16, triton_next_pow2(D))
     common = dict(MODE=_mode(alpha), CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
                   SKIP=skip_empty_tiles(has_alibi, backward=True), BLOCK_D=BD,
                   EVEN_D=(BD == D),

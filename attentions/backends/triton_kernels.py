@@ -458,6 +458,28 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
 
 
 @triton.jit
+def _bwd_prep_kernel(DO, O2, STATS, BSTATS, T, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                     EVEN_D: tl.constexpr):
+    """Row statistics of the backward in one launch: delta = dO . O2 and, from the forward's
+    (mx, tau, 1/Z, U scale): (mx + tau, 1/Z, U scale, delta * U scale)."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    do = _load_rows(DO + bh * T * D, rows, offs_d, T, D, EVEN_D, True).to(tl.float32)
+    o2 = _load_rows(O2 + bh * T * D, rows, offs_d, T, D, EVEN_D, True).to(tl.float32)
+    delta = tl.sum(do * o2, 1)
+    rm = rows < T
+    sb = STATS + bh * 4 * T
+    ob = BSTATS + bh * 4 * T
+    usc = tl.load(sb + 3 * T + rows, mask=rm, other=0.0)
+    shift = tl.load(sb + rows, mask=rm, other=0.0) + tl.load(sb + T + rows, mask=rm, other=0.0)
+    tl.store(ob + rows, shift, mask=rm)
+    tl.store(ob + T + rows, tl.load(sb + 2 * T + rows, mask=rm, other=0.0), mask=rm)
+    tl.store(ob + 2 * T + rows, usc, mask=rm)
+    tl.store(ob + 3 * T + rows, delta * usc, mask=rm)
+
+
+@triton.jit
 def _row_vec(ptr, rows, n, MASK: tl.constexpr):
     if MASK:
         return tl.load(ptr + rows, mask=rows < n, other=0.0)
