@@ -227,6 +227,42 @@ def passes(lengths=(4096, 16384)):
     return out
 
 
+TRAIN_SHAPES = ((64, 8, 64, 64), (32, 8, 256, 64), (16, 8, 512, 64), (128, 8, 64, 32))
+
+
+def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
+    """Forward+backward at training shapes (B, H, T, D), bf16, causal, alpha=1.5: the torch
+    backend against the fused kernels (which ``auto`` takes on CUDA), SDPA flash beside. At
+    these sizes launch overhead, not arithmetic, may decide."""
+    from attentions.backends import torch_backend
+    from attentions.backends import triton_backend as TB
+    from attentions.normalizer import Normalizer
+
+    norm = Normalizer("entmax", alpha=1.5)
+    fns = {"sdpa_flash": _sdpa,
+           "torch_entmax15": lambda q, k, v: torch_backend.attention(q, k, v, norm=norm),
+           "triton_entmax15": lambda q, k, v: TB.attention(q, k, v, norm=norm)}
+    out = []
+    for B, H, T, D in shapes:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+                   .requires_grad_() for _ in range(3))
+        dy = torch.randn_like(q)
+        for name, fn in fns.items():
+            def step(fn=fn, q=q, k=k, v=v, dy=dy):
+                fn(q, k, v).backward(dy)
+
+            try:
+                step()
+                out.append({"impl": name, "B": B, "H": H, "T": T, "D": D,
+                            "fwdbwd_ms": _bench(step)})
+            except Exception as err:
+                out.append({"impl": name, "B": B, "H": H, "T": T, "D": D,
+                            "error": f"{type(err).__name__}: {err}"})
+            print(out[-1], flush=True)
+    return out
+
+
 def once(T: int, impl: str = "both") -> None:
     """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
     a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench_cuda --once T``)."""
@@ -325,6 +361,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="first time block configurations")
     ap.add_argument("--passes", action="store_true",
                     help="first time the forward under pass-count variants")
+    ap.add_argument("--train-shapes", action="store_true",
+                    help="first time forward+backward at training shapes (torch vs triton)")
     ap.add_argument("--once", type=int, default=None, metavar="T",
                     help="run one forward (after a warm-up) at length T and exit: for profilers")
     ap.add_argument("--impl", default="both", choices=("both", "ours", "sdpa"),
@@ -346,6 +384,8 @@ def main(argv=None) -> int:
             traceback.print_exc()
     if args.passes:
         result["passes"] = passes()
+    if args.train_shapes:
+        result["train_shapes"] = train_shapes()
     impls = implementations(args.extras)
     for T in (int(t) for t in args.lengths.split(",") if t.strip()):
         for name, fn in impls.items():
