@@ -145,13 +145,6 @@ def _update2(t, lo, hi, cnt, s1):
 
 
 @triton.jit
-def _pow(d, e):
-    """d^e for d > 0, 0 elsewhere (exp2/log2)."""
-    pos = d > 0.0
-    return tl.where(pos, tl.exp2(e * tl.log2(tl.where(pos, d, 1.0))), 0.0)
-
-
-@triton.jit
 def _update_gen(t, lo, hi, f0, f1, f2, r):
     """Any alpha: Halley on f = sum d^r - 1 safeguarded by bisection (f0 = sum d^r,
     f1 = sum d^(r-1), f2 = sum d^(r-2))."""
@@ -197,6 +190,30 @@ def _tile_stats_gen(d, r):
     a = tl.where(pos, tl.exp2((r - 2.0) * tl.log2(ds)), 0.0)  # d^(r-2)
     b = a * ds  # d^(r-1)
     return tl.sum(b * ds, 1), tl.sum(b, 1), tl.sum(a, 1)
+
+
+@triton.jit
+def _stats(d, r, MODE: tl.constexpr, ASM: tl.constexpr):
+    """The threshold sums of one tile (or of the kept list) for this alpha's update."""
+    if MODE == 2:
+        return _tile_stats_gen(d, r)
+    return _tile_stats(d, MODE, ASM)
+
+
+@triton.jit
+def _tau_update(t, lo, hi, c, s1, s2, r, MODE: tl.constexpr):
+    """This alpha's bracket update from the sums at t; also returns the estimated error of t,
+    |f(t)| / |f'(t)| (the Newton step)."""
+    if MODE == 0:
+        err = tl.abs(s2 - 1.0) / tl.maximum(2.0 * s1, 1e-30)
+        t, lo, hi = _update15(t, lo, hi, c, s1, s2)
+    elif MODE == 1:
+        err = tl.abs(s1 - 1.0) / tl.maximum(c, 1.0)
+        t, lo, hi = _update2(t, lo, hi, c, s1)
+    else:
+        err = tl.abs(c - 1.0) / tl.maximum(r * s1, 1e-30)
+        t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
+    return t, lo, hi, err
 
 
 @triton.jit
@@ -273,10 +290,7 @@ def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D
         kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
         d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
                      PREC)
-        if MODE == 2:
-            a, b, e = _tile_stats_gen(d, r)
-        else:
-            a, b, e = _tile_stats(d, MODE, ASM)
+        a, b, e = _stats(d, r, MODE, ASM)
         c += a
         s1 += b
         s2 += e
@@ -300,14 +314,10 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
                      PREC)
         p, u = _p_u(d, r, MODE, ASM)
         zt = tl.sum(p, 1)
+        need = True  # a compile-time True without SKIP: no branch in the loop
         if SKIP:
-            if tl.max(zt, 0) > 0.0:
-                v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
-                acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
-                if STORE_O2:
-                    zu += tl.sum(u, 1)
-                    acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
-        else:
+            need = tl.max(zt, 0) > 0.0
+        if need:
             v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
             acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
             if STORE_O2:
@@ -370,15 +380,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
     it = 0
     go = True
     while go:
-        if MODE == 0:
-            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
-            tn, slo, shi = _update15(t, slo, shi, c, s1, s2)
-        elif MODE == 1:
-            c, s1, s2 = _tile_stats(xs - t[:, None], MODE, ASM)
-            tn, slo, shi = _update2(t, slo, shi, c, s1)
-        else:
-            c, s1, s2 = _tile_stats_gen(xs - t[:, None], r)
-            tn, slo, shi = _update_gen(t, slo, shi, c, s1, s2, r)
+        c, s1, s2 = _stats(xs - t[:, None], r, MODE, ASM)
+        tn, slo, shi, _ = _tau_update(t, slo, shi, c, s1, s2, r, MODE)
         it += 1
         go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
         t = tn
@@ -411,15 +414,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
             c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
                                      hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
                                      HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-            if MODE == 0:
-                err = tl.abs(s2 - 1.0) / tl.maximum(2.0 * s1, 1e-30)
-                t, lo, hi = _update15(t, lo, hi, c, s1, s2)
-            elif MODE == 1:
-                err = tl.abs(s1 - 1.0) / tl.maximum(c, 1.0)
-                t, lo, hi = _update2(t, lo, hi, c, s1)
-            else:
-                err = tl.abs(c - 1.0) / tl.maximum(r * s1, 1e-30)
-                t, lo, hi = _update_gen(t, lo, hi, c, s1, s2, r)
+            t, lo, hi, err = _tau_update(t, lo, hi, c, s1, s2, r, MODE)
             it += 1
             worst = tl.max(tl.where(live, err, 0.0), 0)
             go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
@@ -458,6 +453,13 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
 
 
 @triton.jit
+def _row_vec(ptr, rows, n, MASK: tl.constexpr):
+    if MASK:
+        return tl.load(ptr + rows, mask=rows < n, other=0.0)
+    return tl.load(ptr + rows)
+
+
+@triton.jit
 def _bwd_prep_kernel(DO, O2, STATS, BSTATS, T, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                      EVEN_D: tl.constexpr):
     """Row statistics of the backward in one launch: delta = dO . O2 and, from the forward's
@@ -471,19 +473,11 @@ def _bwd_prep_kernel(DO, O2, STATS, BSTATS, T, D, BLOCK: tl.constexpr, BLOCK_D: 
     rm = rows < T
     sb = STATS + bh * 4 * T
     ob = BSTATS + bh * 4 * T
-    usc = tl.load(sb + 3 * T + rows, mask=rm, other=0.0)
-    shift = tl.load(sb + rows, mask=rm, other=0.0) + tl.load(sb + T + rows, mask=rm, other=0.0)
-    tl.store(ob + rows, shift, mask=rm)
-    tl.store(ob + T + rows, tl.load(sb + 2 * T + rows, mask=rm, other=0.0), mask=rm)
+    usc = _row_vec(sb + 3 * T, rows, T, True)
+    tl.store(ob + rows, _row_vec(sb, rows, T, True) + _row_vec(sb + T, rows, T, True), mask=rm)
+    tl.store(ob + T + rows, _row_vec(sb + 2 * T, rows, T, True), mask=rm)
     tl.store(ob + 2 * T + rows, usc, mask=rm)
     tl.store(ob + 3 * T + rows, delta * usc, mask=rm)
-
-
-@triton.jit
-def _row_vec(ptr, rows, n, MASK: tl.constexpr):
-    if MASK:
-        return tl.load(ptr + rows, mask=rows < n, other=0.0)
-    return tl.load(ptr + rows)
 
 
 @triton.jit
@@ -513,15 +507,11 @@ def _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo_m, hi_m, T, 
                 ok = ok & (cols[:, None] <= rows[None, :] + off)
             dt = tl.where(ok, dt, NEG_INF)
         p, u = _p_u(dt, r, MODE, ASM)
+        need = True
         if SKIP:
-            if tl.max(tl.max(u, 1), 0) > 0.0:
-                dos = (do * zinv[:, None]).to(do.dtype)  # P = p / Z: 1/Z folded into dO
-                dv += tl.dot(p.to(do.dtype), dos, input_precision=PREC)
-                dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
-                dst = u * (dpt * usc[None, :] - dusc[None, :])
-                dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)
-        else:
-            dos = (do * zinv[:, None]).to(do.dtype)
+            need = tl.max(tl.max(u, 1), 0) > 0.0
+        if need:
+            dos = (do * zinv[:, None]).to(do.dtype)  # P = p / Z: 1/Z folded into dO
             dv += tl.dot(p.to(do.dtype), dos, input_precision=PREC)
             dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
             dst = u * (dpt * usc[None, :] - dusc[None, :])
@@ -594,13 +584,10 @@ def _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, lo_n, h
         d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
                      PREC)
         _, u = _p_u(d, r, MODE, ASM)
+        need = True
         if SKIP:
-            if tl.max(tl.max(u, 1), 0) > 0.0:
-                vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
-                dp = tl.dot(do, vt, input_precision=PREC)
-                ds = u * (dp * usc[:, None] - dusc[:, None])
-                dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
-        else:
+            need = tl.max(tl.max(u, 1), 0) > 0.0
+        if need:
             vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
             dp = tl.dot(do, vt, input_precision=PREC)
             ds = u * (dp * usc[:, None] - dusc[:, None])
