@@ -246,9 +246,11 @@ def format_table(rows) -> str:
                      f"float32, B={B}, H={H}, D={D}"
                      + ("" if load is None else f"; 1-min load average after the run {load:.1f}"))
     elif rows:
+        from . import bench_cuda
+
         batches = sorted({r["B"] for r in rows if "B" in r}, reverse=True)
         lines.append(f"\n{rows[0]['device']}; causal, bf16, B={'/'.join(map(str, batches))}, "
-                     "H=16, D=64 (suite.bench_cuda)")
+                     f"H={bench_cuda.H}, D={bench_cuda.D} (suite.bench_cuda)")
     return "\n".join(lines)
 
 

@@ -184,7 +184,7 @@ PASS_VARIANTS = {  # label: environment for the forward of ours (alpha=1.5)
     "max+output (no threshold pass)": {"SUITE_TRITON_TAU_PASSES": "0,0"},
     "1 threshold pass": {"SUITE_TRITON_TAU_PASSES": "1,0"},
     "2 threshold passes": {"SUITE_TRITON_TAU_PASSES": "2,0"},
-    "no tile skipping": {"SUITE_TRITON_SKIP": "0"},
+    "with tile skipping": {"SUITE_TRITON_SKIP": "1"},  # the default forward does not skip
 }
 
 

@@ -44,7 +44,9 @@ def _signature(fn, const):
 
 def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi: bool = False,
                    blocks: tuple[int, int, int, int] | None = None, skip: bool = False):
-    """(cubin bytes, sass text) of one kernel variant for sm_90, bf16, D=64."""
+    """(cubin bytes, SASS text, resource-usage text) of one kernel variant for sm_90, bf16,
+    D=64, with the backend's launch configuration unless ``blocks`` is given."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -57,7 +59,7 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
     const = dict(MODE=mode, CAUSAL=causal, HAS_ALIBI=alibi, SKIP=skip, BLOCK_M=bm, BLOCK_N=bn,
                  BLOCK_D=64, EVEN_D=True, PREC="tf32", ASM=True)
     if kind == "fwd":
-        n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), _bf16())
+        n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), torch.bfloat16)
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
                      STORE_O2=False, R_TOP=TB.R_TOP)
     names = fn.arg_names
@@ -68,12 +70,6 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
                         options={"num_warps": warps, "num_stages": stages})
     cubin = ck.asm["cubin"]
     return cubin, _cuobjdump(cubin, "--dump-sass"), _cuobjdump(cubin, "--dump-resource-usage")
-
-
-def _bf16():
-    import torch
-
-    return torch.bfloat16
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:

@@ -171,12 +171,10 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
         q, k, v, out, o2, stats, slopes,
         H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0),
         TAU_TOL[q.dtype == torch.float32], MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra,
-        EXTRA_BELOW=EXTRA_BELOW_TILES,
-        CAUSAL=bool(causal), HAS_ALIBI=has_alibi, STORE_O2=bool(need_o2),
-        SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm,
-        BLOCK_N=bn, BLOCK_D=BD, R_TOP=R_TOP,
-        EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(), num_warps=warps,
-        num_stages=stages,
+        EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
+        STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
+        num_warps=warps, num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats
 
@@ -200,8 +198,7 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
     slopes, has_alibi = _slopes(bias, H, q.device)
     common = dict(MODE=_mode(alpha), CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
                   SKIP=skip_empty_tiles(has_alibi, backward=True), BLOCK_D=BD,
-                  EVEN_D=(BD == D),
-                  PREC=_prec(q.dtype), ASM=not _interpret())
+                  EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret())
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
     bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
