@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
                  batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
     if args.executor == "ray":
-        from .ray_executor import sweep_ray
+        from .executors.ray import sweep_ray
 
         failed = sweep_ray(cells, args.tracking_uri, args.ray_address,
                            progress=not args.no_progress)
@@ -92,25 +92,27 @@ def cmd_import(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.from_json:
-        from . import bench, bench_cuda
+        from .bench import cpu as bench
+        from .bench import cuda as bench_cuda
 
         try:
             rows = bench_cuda.from_json(args.from_json)
         except (OSError, ValueError, KeyError) as err:
             raise attentions.SpecError(
                 f"--from-json {args.from_json}: not a table written by "
-                f"`python -m suite.bench_cuda --out PATH` ({type(err).__name__}: {err})"
+                f"`python -m suite.bench.cuda --out PATH` ({type(err).__name__}: {err})"
             ) from err
     elif args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise attentions.SpecError("--device cuda: no CUDA device is visible here")
-        from . import bench, bench_cuda
+        from .bench import cpu as bench
+        from .bench import cuda as bench_cuda
 
         rows = bench_cuda.run(args.lengths or bench_cuda.LENGTHS)
     else:
-        from . import bench
+        from .bench import cpu as bench
 
         rows = bench.run(device=args.device, lengths=args.lengths or bench.LENGTHS,
                          repeats=args.repeats)
@@ -195,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--no-log", action="store_true", help="print only; log no bench run")
     sp.add_argument("--from-json", default=None, metavar="PATH",
-                    help="log a GPU table written by `python -m suite.bench_cuda --out PATH` "
+                    help="log a GPU table written by `python -m suite.bench.cuda --out PATH` "
                     "on another machine instead of measuring here")
     sp.set_defaults(func=cmd_bench)
     return p

@@ -63,5 +63,5 @@ def test_suite_bench_from_json_rejects_other_files(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text('{"rows": []}')
     assert main(["bench", "--from-json", str(bad), "--no-log"]) != 0
-    assert "not a table written by `python -m suite.bench_cuda --out PATH`" in (
+    assert "not a table written by `python -m suite.bench.cuda --out PATH`" in (
         capsys.readouterr().err)

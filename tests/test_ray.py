@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from results.offline import HASH_TAG  # noqa: E402
 from results.ui import free_port  # noqa: E402
-from suite.ray_executor import sweep_ray  # noqa: E402
+from suite.executors.ray import sweep_ray  # noqa: E402
 from suite.run import plan, sweep  # noqa: E402
 
 TIMING = {"train_seconds", "tokens_per_s"}  # wall-clock metrics: never equal across runs
@@ -91,9 +91,9 @@ def wait_gone(pids, timeout: float) -> set[int]:
 
 
 def guarded(cmd: list[str], **kw) -> subprocess.Popen:
-    """``cmd`` under suite.ray_guard in a session of its own: it dies with this process even
+    """``cmd`` under suite.executors.guard in a session of its own: it dies with this process even
     when pytest itself is killed."""
-    return subprocess.Popen([sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
+    return subprocess.Popen([sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
                              *cmd], start_new_session=True, **kw)
 
 
@@ -319,7 +319,8 @@ def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
                 break
             assert time.monotonic() < deadline, "no cell was seen mid-training"
             time.sleep(0.05)
-        server_guard = [p for p in seen if "suite.ray_guard" in cmdline(p) and p != first.guard.pid]
+        server_guard = [p for p in seen
+                        if "suite.executors.guard" in cmdline(p) and p != first.guard.pid]
         server_pids = descendants(server_guard[0]) | set(server_guard)
         # at once, the driver and its Ray cluster by id, while the cell is past a checkpoint
         os.kill(first.pid, signal.SIGKILL)

@@ -241,13 +241,14 @@ def test_sm90_build_uses_tensor_cores_in_every_pass():
     tiles issues wgmma (HGMMA), so no pass fell back to the slow mma/FMA path, and the forward
     stays in registers (no local memory)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from suite import triton_sass as S; out = {}\n"
+    code = ("import json; from tests.tools import triton_sass as S; out = {}\n"
             "for kind in ('fwd', 'dkdv', 'dq'):\n"
             "    c, sass, use = S.compile_kernel(kind); out[kind] = [S.loops(sass), "
             "S.resources(use)]\n"
             "print(json.dumps(out))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests.tools from here
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True, timeout=600).stdout
+                         cwd=root, check=True, timeout=600).stdout
     import json
 
     found = json.loads(out.strip().splitlines()[-1])

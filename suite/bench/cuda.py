@@ -1,4 +1,4 @@
-"""GPU benchmark of fused sparse attention against softmax flash: ``python -m suite.bench_cuda``.
+"""GPU benchmark of fused sparse attention against softmax flash: ``python -m suite.bench.cuda``.
 
 One run times, on the current CUDA device, causal attention with bf16 Gaussian q, k, v,
 B=2, H=16, D=64 (B=1 and forward only at T=65536):
@@ -265,7 +265,7 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
 
 def once(T: int, impl: str = "both") -> None:
     """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
-    a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench_cuda --once T``)."""
+    a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench.cuda --once T``)."""
     q, k, v = _inputs(2, T, torch.bfloat16, False)
     fns = {"ours": _ours(1.5), "sdpa": _sdpa}
     with torch.no_grad():
@@ -336,7 +336,7 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
 
 
 def from_json(path: str) -> list[dict]:
-    """The long rows of a table written by ``python -m suite.bench_cuda --out PATH`` (e.g. on
+    """The long rows of a table written by ``python -m suite.bench.cuda --out PATH`` (e.g. on
     a GPU machine that cannot reach the tracking server), to log them elsewhere."""
     with open(path) as fh:
         data = json.load(fh)

@@ -44,7 +44,7 @@ from typing import Any
 import attentions
 import tasks
 
-from .train import Cell, NonFiniteLoss, checkpoint_dir
+from ..train import Cell, NonFiniteLoss, checkpoint_dir
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
 DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
@@ -144,7 +144,7 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
 
     from results.tracking import Tracker
 
-    from .run import run_cell
+    from ..run import run_cell
 
     os.environ["SUITE_CHECKPOINT_DIR"] = ckpt_dir
     torch.set_num_threads(max(1, threads))
@@ -199,7 +199,7 @@ def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
     fd, log_path = tempfile.mkstemp(prefix="suite-mlflow-server-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
+            [sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
              *ui.server_command(uri, port)],
             env={**os.environ, **ui.SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -444,6 +444,6 @@ def _kill_running(tracker, cell: Cell, sweep_id: str) -> None:
 
 
 def _headline(res: dict) -> str:
-    from .run import _headline as headline
+    from ..run import _headline as headline
 
     return headline(res)

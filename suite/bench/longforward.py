@@ -1,6 +1,6 @@
 """Time and peak memory of one attention forward at long T (the evaluation pass), beside SDPA.
 
-    python -m suite.longforward --T 65536 --H 16 --D 64 --specs entmax softmax
+    python -m suite.bench.longforward --T 65536 --H 16 --D 64 --specs entmax softmax
 
 Gaussian q, k, v (as in ANCHORS.md), causal. Times are medians of CUDA-event timings after a
 warm-up; peak memory is ``torch.cuda.max_memory_allocated`` over the call, minus what the

@@ -44,7 +44,7 @@ SLOW_S = 4.0
 IMPLS = ("sdpa_softmax", "numba_softmax", "numba_entmax15", "numba_entmax125",
          "entmax_pkg_entmax15")
 PASSES = ("fwd", "fwd+bwd")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def implementation(name: str):
@@ -160,7 +160,7 @@ def peak_extra_mib(cells, device="cpu") -> dict:
         return {c: None for c in cells}
     env = _env(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     arg = json.dumps([list(c) for c in cells])
-    res = subprocess.run([sys.executable, "-m", "suite.bench", "--memory", arg, device],
+    res = subprocess.run([sys.executable, "-m", "suite.bench.cpu", "--memory", arg, device],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{res.stderr[-2000:]}")
@@ -172,7 +172,7 @@ def first_call_ms(device="cpu") -> float:
     """A new process's first numba entmax attention call (T=256), numba cache warm."""
     code = (
         "import time, torch\n"
-        "from suite import bench\n"
+        "from suite.bench import cpu as bench\n"
         "fn = bench.implementation('numba_entmax15')\n"
         "q, k, v, _ = bench.inputs(256)\n"
         "t = time.perf_counter(); fn(q, k, v); print((time.perf_counter() - t) * 1e3)\n"
@@ -231,7 +231,7 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
 
 
 def format_table(rows) -> str:
-    """A markdown table of ``run``'s rows (or of ``suite.bench_cuda.run``'s)."""
+    """A markdown table of ``run``'s rows (or of ``suite.bench.cuda.run``'s)."""
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     ms = lambda x: fmt(x, ".3f" if x is not None and x < 10 else ".1f")  # noqa: E731
     lines = ["| impl | T | pass | median ms | / sdpa | CPU ms | peak extra MiB |",
@@ -246,11 +246,11 @@ def format_table(rows) -> str:
                      f"float32, B={B}, H={H}, D={D}"
                      + ("" if load is None else f"; 1-min load average after the run {load:.1f}"))
     elif rows:
-        from . import bench_cuda
+        from . import cuda as bench_cuda
 
         batches = sorted({r["B"] for r in rows if "B" in r}, reverse=True)
         lines.append(f"\n{rows[0]['device']}; causal, bf16, B={'/'.join(map(str, batches))}, "
-                     f"H={bench_cuda.H}, D={bench_cuda.D} (suite.bench_cuda)")
+                     f"H={bench_cuda.H}, D={bench_cuda.D} (suite.bench.cuda)")
     return "\n".join(lines)
 
 
