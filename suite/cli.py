@@ -44,7 +44,7 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
     _plugins(args)
-    from .run import plan, sweep
+    from .run import plan
 
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
                  check_device=args.executor != "ray", steps=args.steps,
@@ -56,6 +56,8 @@ def cmd_run(args) -> int:
         failed = sweep_ray(cells, args.tracking_uri, args.ray_address,
                            progress=not args.no_progress)
     else:
+        from .executors.local import sweep
+
         failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
     from results.offline import is_offline

@@ -30,8 +30,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from results.offline import HASH_TAG  # noqa: E402
 from results.ui import free_port  # noqa: E402
+from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402
-from suite.run import plan, sweep  # noqa: E402
+from suite.run import plan  # noqa: E402
 
 TIMING = {"train_seconds", "tokens_per_s"}  # wall-clock metrics: never equal across runs
 STEPS = 150  # long enough cells (seconds each) for a kill to land mid-training

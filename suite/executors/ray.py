@@ -31,13 +31,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +42,7 @@ import attentions
 import tasks
 
 from ..train import Cell, NonFiniteLoss, checkpoint_dir
+from .server import tracking_server
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
 DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
@@ -179,38 +177,6 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
 def _plain(results: dict) -> dict:
     """The headline metrics per length (no per-head diagnostics) for the driver's line."""
     return {n: {k: v for k, v in r.items() if k != "diagnostics"} for n, r in results.items()}
-
-
-# ---------------------------------------------------------------- the tracking server
-
-
-@contextlib.contextmanager
-def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
-    """(http URI the workers use, server pid or None, server log or None). An http(s) URI is
-    used as it is; any other store gets an ``mlflow server`` on 127.0.0.1 in front of it,
-    guarded so that it stops with this process even after a ``kill -9``."""
-    from results import ui
-
-    if ui.is_http(uri):
-        yield uri, None, None
-        return
-    port = ui.free_port()
-    base = f"http://{ui.HOST}:{port}"
-    fd, log_path = tempfile.mkstemp(prefix="suite-mlflow-server-", suffix=".log")
-    with os.fdopen(fd, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
-             *ui.server_command(uri, port)],
-            env={**os.environ, **ui.SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        ui.wait_ready(proc, base)
-        yield base, proc.pid, log_path
-    except BaseException:
-        ui.stop(proc)
-        raise  # the server's log stays for a look
-    ui.stop(proc)
-    Path(log_path).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the driver
