@@ -94,7 +94,6 @@ def cmd_import(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.from_json:
-        from .bench import cpu as bench
         from .bench import cuda as bench_cuda
 
         try:
@@ -109,16 +108,17 @@ def cmd_bench(args) -> int:
 
         if not torch.cuda.is_available():
             raise attentions.SpecError("--device cuda: no CUDA device is visible here")
-        from .bench import cpu as bench
         from .bench import cuda as bench_cuda
 
         rows = bench_cuda.run(args.lengths or bench_cuda.LENGTHS)
     else:
-        from .bench import cpu as bench
+        from .bench import cpu
 
-        rows = bench.run(device=args.device, lengths=args.lengths or bench.LENGTHS,
-                         repeats=args.repeats)
-    print(bench.format_table(rows))
+        rows = cpu.run(device=args.device, lengths=args.lengths or cpu.LENGTHS,
+                       repeats=args.repeats)
+    from .bench.common import format_table
+
+    print(format_table(rows))
     if not args.no_log:
         from results.speed import log_bench
 

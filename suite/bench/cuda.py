@@ -31,7 +31,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from .longforward import peak_gib
+from .common import peak_gib
 
 H, D = 16, 64
 LENGTHS = (1024, 4096, 16384, 65536)
@@ -318,7 +318,7 @@ def environment():
 def long_rows(rows: list[dict], device: str) -> list[dict]:
     """``measure`` rows in `suite bench`'s long format: one dict per (impl, T, pass) with impl,
     T, pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (SDPA flash of the same rows),
-    peak_extra_mib, device, B. SDPA flash is named ``sdpa_softmax`` there."""
+    peak_extra_mib, device, dtype, B, H, D. SDPA flash is named ``sdpa_softmax`` there."""
     out = []
     for row in rows:
         impl = "sdpa_softmax" if row["impl"] == "sdpa_flash" else row["impl"]
@@ -327,7 +327,8 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
                 out.append({"impl": impl, "T": row["T"], "pass": pas,
                             "median_ms": row[f"{key}_ms"],
                             "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
-                            "device": device, "B": row["B"]})
+                            "device": device, "dtype": row.get("dtype", "bf16"),
+                            "B": row["B"], "H": row.get("H", H), "D": row.get("D", D)})
     for r in out:
         base = next((b["median_ms"] for b in out if b["impl"] == "sdpa_softmax"
                      and b["T"] == r["T"] and b["pass"] == r["pass"]), None)
