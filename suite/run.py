@@ -17,7 +17,12 @@ from . import profiles as P
 from .evaluate import evaluate
 from .train import Cell, train
 
-BUILTIN = ("softmax", "ssmax", "entmax", "sparsemax", "asentmax", "topk")
+
+def builtin_attentions() -> list[str]:
+    """The variants that ship with the suite: those registered by the attentions package's own
+    modules (not by plugins)."""
+    return [n for n in attentions.names() if attentions.get(n).__module__.split(".")[0]
+            == attentions.__name__]
 
 
 def resolve_device(device: str) -> str:
@@ -45,7 +50,7 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
     prof = P.get(profile).with_budget(**budget)
     if seeds < 1:
         raise attentions.SpecError(f"--seeds {seeds}: give at least 1")
-    atts = [attentions.canonical_spec(s) for s in (attention_specs or BUILTIN)]
+    atts = [attentions.canonical_spec(s) for s in (attention_specs or builtin_attentions())]
     tsks = [tasks.get(s).spec for s in (task_specs or prof.tasks)]
     for spec in atts:  # build once, so a bad parameter fails before any training
         attentions.build(spec, n_heads=2, head_dim=4, backend=backend)
