@@ -9,7 +9,7 @@ from torch import nn
 
 from .api import register
 from .base import Attention, log_positions
-from .normalizer import Normalizer
+from .normalizer import Normalizer, check_alpha
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,7 @@ class ASEntmaxConfig:
     gamma_bias: float = 0.0
 
     def __post_init__(self):
-        if not 1.0 < self.alpha <= 2.0:
-            raise ValueError(f"alpha={self.alpha} is outside (1, 2]")
+        check_alpha(self.alpha)
         if self.gamma_range < 0 or self.init_std < 0:
             raise ValueError("gamma_range and init_std must be >= 0")
         if self.log_offset <= 1:

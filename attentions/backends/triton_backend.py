@@ -49,8 +49,12 @@ def _device_ok(device) -> bool:
     return dev.type == "cuda" or (dev.type == "cpu" and _interpret())
 
 
+#: the normalizer kinds the kernels compute (an allow-list: any other goes elsewhere)
+KINDS = frozenset({"entmax"})
+
+
 def supports(norm: Normalizer, device, bias=None) -> bool:
-    if norm.kind != "entmax" or not _device_ok(device):
+    if norm.kind not in KINDS or not _device_ok(device):
         return False
     return bias is None or isinstance(bias, Alibi)
 
@@ -238,7 +242,7 @@ class TritonEntmaxAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def fused_backward(device) -> bool:
+def fused_backward() -> bool:
     """Whether a call that needs gradients runs the fused backward kernels (default: yes;
     SUITE_TRITON_FUSED_BACKWARD=0 sends such calls to the torch backend instead).
 
@@ -254,7 +258,7 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     fused = (
-        not (grad and not fused_backward(q.device))
+        not (grad and not fused_backward())
         and supports(norm, q.device, bias)
         and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and q.dtype == k.dtype == v.dtype
