@@ -42,11 +42,12 @@ def ui_cmd(args) -> int:
     """Start the MLflow UI over the store and print the leaderboard run's URL; Ctrl-C stops."""
     from . import ui
     from .report import latest
+    from .store import is_http
     from .tracking import Tracker
 
     tracker = Tracker(args.tracking_uri)  # a corrupt or unreachable store fails here
     found = latest(tracker)
-    if ui.is_http(tracker.uri):
+    if is_http(tracker.uri):
         print(f"the store is a tracking server: its UI is {ui.run_url(tracker.uri, found)}")
         return 0
     base = f"http://{ui.HOST}:{args.port}"

@@ -4,30 +4,29 @@
 per (task, attention, seed), the newest run; ``table`` aggregates them into the leaderboard CSV
 table, one row per (task, attention, length): exact match and token accuracy as mean and spread
 over seeds (sample standard deviation, empty with one seed), ``multiple`` = length / training
-length; language tasks add perplexity and retrieval accuracy in the same long format
-(DESIGN.md, "Leaderboard CSV"). ``render`` (terminal), ``markdown`` and ``html`` lay each task
-out as attention by length, with the best value per column marked.
+length; other metrics of the metric table (``tasks.metrics.METRICS``: perplexity, retrieval
+accuracy) add their own columns in the same long format. ``render`` (terminal), ``markdown`` and
+``html`` lay each task out as attention by length, with the best value per column marked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html as html_lib
-import re
 from collections.abc import Iterable
 
 import polars as pl
 
-METRIC_KEY = re.compile(r"^(exact_match|token_acc|perplexity|retrieval_acc)_L(\d+)$")
+from tasks.metrics import METRICS
+from tasks.metrics import headline as headline_of
+
+from . import store
+
 COLUMNS = ["task", "attention", "length", "multiple", "exact_match_mean", "exact_match_std",
            "token_acc_mean", "token_acc_std", "seeds"]
-EXTRA = ["perplexity", "retrieval_acc"]
-HEADLINE = ("exact_match", "retrieval_acc", "perplexity")  # the first a task reports leads
-LABEL = {"exact_match": "exact match % [token accuracy %], teacher forced",
-         "retrieval_acc": "retrieval accuracy % [token accuracy %]",
-         "perplexity": "perplexity per byte (lower is better)"}
-LOWER_IS_BETTER = {"perplexity"}
-CELL_FILTER = "tags.`suite.kind` = 'cell' and attributes.status = 'FINISHED'"
+BASE = ["exact_match", "token_acc"]  # the metrics of the CSV's fixed columns
+EXTRA = [m for m in METRICS if m not in BASE]  # columns of their own, in the table's order
+CELL_FILTER = store.where(kind=store.CELL, status="FINISHED")
 SCHEMA = {"run_id": pl.Utf8, "start": pl.Int64, "task": pl.Utf8, "attention": pl.Utf8,
           "seed": pl.Int64, "profile": pl.Utf8, "device": pl.Utf8, "commit": pl.Utf8,
           "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
@@ -43,17 +42,16 @@ def records(tracker) -> pl.DataFrame:
 
 
 def _run_rows(run) -> Iterable[tuple]:
-    t = run.data.tags
-    commit = t.get("suite.git_commit", "unknown")[:7]
-    if t.get("suite.git_dirty") == "true":
+    t = store.fields(run.data.tags)
+    commit = t.get("git_commit", "unknown")[:7]
+    if t.get("git_dirty") == "true":
         commit += "+dirty"
-    head = (run.info.run_id, run.info.start_time, t["suite.task"], t["suite.attention"],
-            int(t["suite.seed"]), t.get("suite.profile", ""), t.get("suite.device", ""), commit)
+    head = (run.info.run_id, run.info.start_time, t["task"], t["attention"],
+            int(t["seed"]), t.get("profile", ""), t.get("device", ""), commit)
     for key, value in run.data.metrics.items():
-        m = METRIC_KEY.match(key)
-        if m:
-            yield (*head, int(m.group(2)), int(t.get("suite.train_length", 0)), m.group(1),
-                   value)
+        found = store.split_metric_key(key)
+        if found and found[0] in METRICS:
+            yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 
 
 def select(recs: pl.DataFrame, profile: str | None = None) -> tuple[pl.DataFrame, str | None]:
@@ -78,7 +76,7 @@ def table(recs: pl.DataFrame) -> pl.DataFrame:
                       values="value", aggregate_function="mean")
     aggs = [pl.col("seed").n_unique().alias("seeds"),
             (pl.col("length") / pl.col("train_length")).first().alias("multiple")]
-    for metric in ["exact_match", "token_acc", *EXTRA]:
+    for metric in METRICS:
         if metric in wide.columns:
             aggs += [pl.col(metric).mean().alias(f"{metric}_mean"),
                      pl.col(metric).std(ddof=1).alias(f"{metric}_std")]
@@ -95,12 +93,13 @@ def csv_text(tab: pl.DataFrame) -> str:
 
 
 def headline(part: pl.DataFrame) -> str:
-    """The metric a task is ranked by: the first of HEADLINE it reports."""
-    for metric in HEADLINE:
-        col = f"{metric}_mean"
-        if col in part.columns and part[col].is_not_null().any():
-            return metric
-    return "exact_match"
+    """The metric a task is ranked by: its first headline metric (``tasks.metrics``)."""
+    reported = [m for m in METRICS if f"{m}_mean" in part.columns
+                and part[f"{m}_mean"].is_not_null().any()]
+    try:
+        return headline_of(reported)
+    except ValueError:  # no headline metric at all: rank by exact match (empty cells)
+        return "exact_match"
 
 
 def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]]]:
@@ -110,7 +109,7 @@ def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]]]:
     key = f"{metric}_mean"
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
-    pick = pl.col(key).min() if metric in LOWER_IS_BETTER else pl.col(key).max()
+    pick = pl.col(key).min() if METRICS[metric].better == "min" else pl.col(key).max()
     best = dict(part.group_by("length").agg(pick).iter_rows())
     rows = []
     for (att,), sub in part.group_by("attention", maintain_order=True):
@@ -125,9 +124,9 @@ def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, 
     if row is None or row[f"{metric}_mean"] is None:
         return None
     value, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    digits = 2 if metric == "perplexity" else 1
+    digits = METRICS[metric].digits
     tail = f"±{std:.{digits}f}" if std is not None else ""
-    if metric != "perplexity" and row.get("token_acc_mean") is not None:
+    if METRICS[metric].percent and row.get("token_acc_mean") is not None:
         tail += f" [{row['token_acc_mean']:.1f}]"
     return f"{value:.{digits}f}", tail, value == best
 
@@ -151,7 +150,7 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
     out = []
     for task, part in _tasks(tab):
         metric, heads, rows = grid(part)
-        out += [f"{task}: {LABEL[metric]}; mean±std over seeds; * best per column "
+        out += [f"{task}: {METRICS[metric].label}; mean±std over seeds; * best per column "
                 f"(training length {_train_length(part)})",
                 *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
                 ""]
@@ -179,7 +178,7 @@ def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = 
     for task, part in _tasks(tab):
         metric, heads, rows = grid(part)
         out += [f"## {task}", "",
-                f"{LABEL[metric]}; mean±std over seeds; **bold**: best per column; "
+                f"{METRICS[metric].label}; mean±std over seeds; **bold**: best per column; "
                 f"training length {_train_length(part)}", ""]
         out += _md_table(["attention", *heads],
                          [[a, *(_bold(c) for c in cs)] for a, cs in rows])
@@ -220,8 +219,8 @@ def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
     for task, part in _tasks(tab):
         metric, heads, rows = grid(part)
         out += [f"<h2>{e(task)}</h2>",
-                f"<p>{e(LABEL[metric])}; mean±std over seeds; <b>bold</b>: best per column; "
-                f"training length {_train_length(part)}</p>",
+                f"<p>{e(METRICS[metric].label)}; mean±std over seeds; <b>bold</b>: best per "
+                f"column; training length {_train_length(part)}</p>",
                 _html_table(["attention", *heads],
                             [[e(a), *(_html_cell(c) for c in cs)] for a, cs in rows])]
     for title, heads, rows in speed_views(speed):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
-from .leaderboard import LABEL, _tasks, _train_length, headline
+from tasks.metrics import METRICS
+
+from .leaderboard import _tasks, _train_length, headline
 
 
 def plot(tab: pl.DataFrame, path: Path) -> Path:
@@ -52,8 +54,8 @@ def _panel(ax, task: str, part: pl.DataFrame, colour: dict) -> None:
     ax.minorticks_off()
     ax.set_title(task)
     ax.set_xlabel("evaluation length (dashed: training length)")
-    ax.set_ylabel(LABEL[metric].split(" [")[0].split(" (")[0])
-    if metric != "perplexity":
+    ax.set_ylabel(METRICS[metric].label.split(" [")[0].split(" (")[0])
+    if METRICS[metric].percent:
         ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
 

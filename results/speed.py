@@ -17,10 +17,12 @@ from typing import Any
 
 import polars as pl
 
-EXPERIMENT = "bench"
+from . import store
+
+EXPERIMENT = store.BENCH_EXPERIMENT
 TABLE = "bench_table.json"
 BASELINE = "sdpa_softmax"
-FILTER = "tags.`suite.kind` = 'bench' and attributes.status = 'FINISHED'"
+FILTER = store.where(kind=store.BENCH, status="FINISHED")
 SCHEMA = {"device": pl.Utf8, "impl": pl.Utf8, "T": pl.Int64, "pass": pl.Utf8,
           "median_ms": pl.Float64}
 
@@ -40,12 +42,12 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
     try:
         tracker = Tracker(tracking_uri)
         device = str(rows[0].get("device", "")) if rows else ""
-        tags = {"suite.kind": "bench", "suite.device": device,
-                **{f"suite.{k}": v for k, v in git_state().items()}}
+        tags = {store.KIND: store.BENCH, store.tag("device"): device,
+                **{store.tag(k): v for k, v in git_state().items()}}
         with tracker.run(EXPERIMENT, f"bench | {device}", {"rows": len(rows)}, tags) as log:
             for row in rows:
                 log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
-            tracker.client.log_table(log.run_id, _columns(rows), TABLE)
+            log.table(_columns(rows), TABLE)
             return log.run_id
     except TrackingError as err:
         kept = _keep(rows)
@@ -66,15 +68,12 @@ def _keep(rows) -> Path:
 
 def records(tracker) -> pl.DataFrame:
     """The rows of the newest FINISHED bench run per device, with ``ratio`` to BASELINE."""
-    from .tracking import store_errors
-
-    with store_errors(tracker.uri, "read"):
-        exp = tracker.client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
+    exp_id = tracker.existing(EXPERIMENT)
+    if exp_id is None:
         return pl.DataFrame(schema={**SCHEMA, "ratio": pl.Float64})
     newest: dict[str, str] = {}
-    for run in tracker.search([exp.experiment_id], FILTER):  # newest first
-        newest.setdefault(run.data.tags.get("suite.device", ""), run.info.run_id)
+    for run in tracker.search([exp_id], FILTER):  # newest first
+        newest.setdefault(run.data.tags.get(store.tag("device"), ""), run.info.run_id)
     frames = [_table(tracker, run_id, device) for device, run_id in newest.items()]
     return ratios(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMA))
 

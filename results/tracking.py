@@ -1,9 +1,8 @@
-"""MLflow tracking: where runs go, what they carry, and how a cell's run begins and ends.
+"""MLflow tracking: where runs go, and how a run begins and ends (the schema: ``store``).
 
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite file
-``results/mlflow.db`` (artifacts in ``results/mlartifacts``). One experiment per task; a run
-carries the flattened config as params, tags (config hash, versions, git commit and dirty flag,
-device) and metrics per length, with the length in the key and also as the step.
+``results/mlflow.db`` (artifacts in ``results/mlartifacts``). ``Tracker`` is the MLflow side of
+the tracker interface described in ``results.store``; ``replay`` loads an offline log into it.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-from .offline import HASH_TAG  # noqa: E402,F401
+from . import store  # noqa: E402
 
 DEFAULT_DIR = Path("results")
 
@@ -61,7 +60,7 @@ def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
 
 def probe_http(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds when an http(s) store does not answer at all (no MLflow retries)."""
-    if not uri.startswith(("http://", "https://")):
+    if not store.is_http(uri):
         return
     import requests
 
@@ -105,19 +104,30 @@ class Tracker:
                 return exp.experiment_id
             return self.client.create_experiment(name, artifact_location=_art(self.uri, name))
 
-    def finished(self, experiment: str, config_hash: str) -> str | None:
-        """The id of a FINISHED run with this config hash, if any."""
+    def existing(self, experiment: str) -> str | None:
+        """The id of an experiment, or None where the store has none of that name."""
         with store_errors(self.uri, "read"):
             exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                return None
+        return exp.experiment_id if exp is not None else None
+
+    def finished(self, experiment: str, config_hash: str) -> str | None:
+        """The id of a FINISHED run with this config hash, if any."""
+        exp_id = self.existing(experiment)
+        if exp_id is None:
+            return None
+        with store_errors(self.uri, "read"):
             runs = self.client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`{HASH_TAG}` = '{config_hash}' and "
-                              "attributes.status = 'FINISHED'",
-                max_results=1,
-            )
+                [exp_id], filter_string=store.where(config_hash=config_hash, status="FINISHED"),
+                max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def runs(self, experiment: str, **conditions) -> list[str]:
+        """The ids of the experiment's runs that match ``store.where(**conditions)``, newest
+        first."""
+        exp_id = self.existing(experiment)
+        if exp_id is None:
+            return []
+        return [run.info.run_id for run in self.search([exp_id], store.where(**conditions))]
 
     def search(self, experiment_ids: list[str], filter_string: str) -> Iterator:
         """Every run that matches, page by page (newest first)."""
@@ -141,26 +151,47 @@ class Tracker:
             tags: Mapping[str, str]) -> Iterator[RunLog]:
         """A run that ends FINISHED when the block completes, FAILED (with the error as a tag
         and error.txt) when it raises, KILLED on Ctrl-C; never FINISHED after an error."""
+        log = self.start(experiment, name, tags, params)
+        try:
+            yield log
+        except BaseException as err:
+            self._fail(log.run_id, err)
+            raise
+        self.end(log.run_id, "FINISHED")
+
+    def start(self, experiment: str, name: str, tags: Mapping[str, str],
+              params: Mapping[str, Any] | None = None, start_time: int | None = None) -> RunLog:
+        """A new RUNNING run (``start_time`` in ms, default now) with its tags and params; the
+        caller ends it with ``end`` (``run`` does both)."""
         exp_id = self.experiment(experiment)
         with store_errors(self.uri, "write to"):
-            run = self.client.create_run(exp_id, run_name=name, tags=dict(tags))
+            run = self.client.create_run(exp_id, run_name=name, tags=dict(tags),
+                                         start_time=start_time)
         log = RunLog(self.client, run.info.run_id)
         try:
             with store_errors(self.uri, "write to"):
-                log.params(params)
-            yield log
+                log.params(params or {})
         except BaseException as err:
-            self._fail(run.info.run_id, err)
+            self._fail(log.run_id, err)
             raise
+        return log
+
+    def end(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """Set the tags, then end the run with ``status`` (FINISHED, FAILED or KILLED; a run
+        ended before may be ended again, e.g. a FINISHED duplicate made KILLED)."""
+        if status not in store.STATUSES[1:]:
+            raise ValueError(f"end a run FINISHED, FAILED or KILLED, not {status!r}")
         with store_errors(self.uri, "write to"):
-            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+            for key, value in (tags or {}).items():
+                self.client.set_tag(run_id, key, str(value))
+            self.client.set_terminated(run_id, status)
 
     def _fail(self, run_id: str, err: BaseException) -> None:
         """Record the error, each step on its own, so that a failing step cannot keep the
         run from ending FAILED (the store may be the thing that failed)."""
         status = RunStatus.FAILED if isinstance(err, Exception) else RunStatus.KILLED
-        steps = (lambda: self.client.set_tag(run_id, "suite.error",
-                                             f"{type(err).__name__}: {err}"[:4900]),
+        steps = (lambda: self.client.set_tag(run_id, store.ERROR, f"{type(err).__name__}: "
+                                             f"{err}"[:store.ERROR_LIMIT]),
                  lambda: self.client.log_text(run_id, traceback.format_exc(), "error.txt"),
                  lambda: self.client.set_terminated(run_id, RunStatus.to_string(status)))
         for step in steps:
@@ -179,22 +210,30 @@ class RunLog:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def metrics(self, values: Mapping[str, float], step: int) -> None:
+    def metrics(self, values: Mapping[str, float], step: int, timestamp: int | None = None
+                ) -> None:
+        """The values at one step (``timestamp`` in ms, default now)."""
         import time
 
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         items = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
-    def tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
     def dict(self, obj: Any, name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)
+
+    def text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def table(self, columns: Mapping[str, list], name: str) -> None:
+        """A table (column name -> values) that the MLflow UI shows (``log_table``)."""
+        self.client.log_table(self.run_id, dict(columns), name)
+
+    def artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
 
 
 def _art(uri: str, name: str) -> str | None:
@@ -205,3 +244,43 @@ def _art(uri: str, name: str) -> str | None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
+
+
+def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
+    """Import an offline log (``results.offline``) into a tracking store; runs already there
+    (same config hash, FINISHED) are skipped. Returns counts of imported and skipped runs."""
+    from .offline import read
+
+    tracker = Tracker(tracking_uri)
+    runs: dict[str, dict] = {}
+    for rec in read(Path(path)):
+        if rec["event"] == "start":
+            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None}
+        elif rec["run"] in runs:
+            r = runs[rec["run"]]
+            if rec["event"] == "end":
+                r["status"], r["error"] = rec["status"], rec.get("error")
+            else:
+                r["events"].append(rec)
+    counts = {"imported": 0, "skipped": 0}
+    for r in runs.values():
+        h = r["tags"].get(store.HASH)
+        if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
+            counts["skipped"] += 1
+            continue
+        tags = {**r["tags"], store.IMPORTED_FROM: str(path)}
+        if r["error"]:
+            tags[store.ERROR] = r["error"][:store.ERROR_LIMIT]
+        log = tracker.start(r["experiment"], r["name"], tags, r["params"],
+                            start_time=int(r["time"] * 1000))
+        with store_errors(tracker.uri, "write to"):
+            for rec in r["events"]:
+                if rec["event"] == "metrics":
+                    log.metrics(rec["values"], rec["step"], timestamp=int(rec["time"] * 1000))
+                elif rec["event"] == "dict":
+                    log.dict(rec["obj"], rec["name"])
+        # a run the log left RUNNING (its machine stopped mid-cell) is imported FAILED
+        tracker.end(log.run_id, r["status"] if r["status"] in ("FINISHED", "FAILED")
+                    else "FAILED")
+        counts["imported"] += 1
+    return counts

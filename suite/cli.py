@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
 
         failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
-    from results.offline import is_offline
+    from results.store import is_offline
 
     if is_offline(args.tracking_uri):
         print(f"offline log written; load it into a store with: suite import "
@@ -85,7 +85,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from results.offline import replay
+    from results.tracking import replay
 
     counts = replay(args.path, args.tracking_uri)
     print(f"imported {counts['imported']} run(s), skipped {counts['skipped']} already finished")

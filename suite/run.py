@@ -11,6 +11,7 @@ import torch
 
 import attentions
 import tasks
+from tasks.metrics import summary
 
 from . import __version__
 from . import profiles as P
@@ -64,10 +65,29 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
             for seed in range(seeds)]
 
 
-def _tags(cell: Cell, model) -> dict[str, str]:
+def experiment(cell: Cell) -> str:
+    """The experiment a cell's runs go to."""
+    from results.store import cell_experiment
+
+    return cell_experiment(tasks.get(cell.task).name)
+
+
+def cell_tags(cell: Cell, **more: str) -> dict[str, str]:
+    """The tags of a cell's run that say what it is (``more``: which executor, sweep, ...)."""
+    from results.store import cell_tags as tags
+
+    task = tasks.get(cell.task)
+    return tags({"config_hash": cell.config_hash, "version": __version__,
+                 "task_version": task.version, "attention": cell.attention, "task": cell.task,
+                 "seed": cell.seed, "profile": cell.profile.name,
+                 "train_length": task.train_length, **more})
+
+
+def _environment_tags(cell: Cell, model) -> dict[str, str]:
+    """The cell's tags, with where it runs: kernel backend, device, git state, versions."""
     from attentions.backends import resolve
     from results.gitinfo import git_state
-    from results.offline import HASH_TAG
+    from results.store import cell_tags as tags
 
     attn = model.blocks[0].attn.attn
     try:
@@ -81,23 +101,19 @@ def _tags(cell: Cell, model) -> dict[str, str]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    return {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.version": __version__,
-            "suite.task_version": str(tasks.get(cell.task).version),
-            "suite.attention": cell.attention, "suite.task": cell.task,
-            "suite.seed": str(cell.seed), "suite.profile": cell.profile.name,
-            "suite.backend": kernel, "suite.device": f"{cell.device}: {dev}",
-            "suite.train_length": str(tasks.get(cell.task).train_length),
-            **{f"suite.{k}": v for k, v in git_state().items()},
-            **{f"version.{k}": v for k, v in versions.items()}}
+    where = tags({"backend": kernel, "device": f"{cell.device}: {dev}", **git_state()}, versions)
+    return {**cell_tags(cell), **where}
 
 
 def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error."""
+    from results.store import metric_key
+
     from .train import build_model
 
     model = build_model(cell)
     params = {**cell.config(), "n_params": sum(p.numel() for p in model.parameters())}
-    with tracker.run(tasks.get(cell.task).name, cell.name, params, _tags(cell, model)) as log:
+    with tracker.run(experiment(cell), cell.name, params, _environment_tags(cell, model)) as log:
         model, summary = train(cell, log=log, progress=progress)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
         task = tasks.get(cell.task)
@@ -108,16 +124,13 @@ def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
             diag = res.pop("diagnostics", {})
             scalars = {k: v for k, v in diag.items() if not k.endswith("_heads")}
             values = {**res, **scalars}
-            log.metrics({**{f"{k}_L{length}": v for k, v in values.items()}, **values},
+            log.metrics({**{metric_key(k, length): v for k, v in values.items()}, **values},
                         step=length)
             res["diagnostics"] = diag
         log.dict({str(k): v for k, v in results.items()}, "eval.json")
     return results
 
 
-def _headline(res: dict) -> str:
-    if "perplexity" in res:
-        return f"ppl {res['perplexity']:.2f}"
-    em = res.get("exact_match", res.get("retrieval_acc"))
-    return f"{em:.0f}%/{res.get('token_acc', 0):.0f}%"
-
+def ladder(results: dict[int, dict]) -> str:
+    """One line of a cell's results: the headline value at each evaluation length."""
+    return " ".join(f"{n}:{summary(r)}" for n, r in results.items())

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import attentions
 import tasks
+from tasks.metrics import selection_score
 
 from . import __version__
 from .evaluate import evaluate
@@ -182,13 +182,6 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
 
 
 def _val_score(val: dict) -> float:
-    """Higher is better: exact match, then token accuracy breaks ties (both at 0 early)."""
-    if "perplexity" in val:
-        return -val["perplexity"]
-    em = val.get("exact_match", val.get("retrieval_acc", 0.0))
-    return em + 1e-3 * val.get("token_acc", 0.0)
-
-
-def check_attention(spec: str) -> str:
-    """The canonical spec, failing early (with suggestions) on a bad one."""
-    return attentions.canonical_spec(spec)
+    """Higher is better: the task's headline metric, token accuracy breaking ties (the metric
+    table's ``selection_score``)."""
+    return selection_score(val)

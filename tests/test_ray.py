@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs ray (pip install
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from results.offline import HASH_TAG  # noqa: E402
+from results.store import HASH  # noqa: E402
 from results.ui import free_port  # noqa: E402
 from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402
@@ -168,7 +168,7 @@ def finished_runs(uri: str, experiment: str = "flip_flop") -> dict[str, list]:
     exp = client.get_experiment_by_name(experiment)
     by_hash: dict[str, list] = {}
     for run in client.search_runs([exp.experiment_id], max_results=1000):
-        by_hash.setdefault(run.data.tags[HASH_TAG], []).append(run)
+        by_hash.setdefault(run.data.tags[HASH], []).append(run)
     return by_hash
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-import tasks
-
-from ..run import _headline, run_cell
+from ..run import experiment, ladder, run_cell
 from ..train import Cell
 
 
@@ -15,19 +13,15 @@ def sweep(cells: list[Cell], tracking_uri: str | None = None, progress: bool = T
           out=None) -> int:
     """Run the cells in order; returns the number that failed."""
     out = out or sys.stdout
-    from results.offline import JsonlTracker, is_offline
+    from results.store import open_tracker
 
-    if is_offline(tracking_uri):  # no MLflow on this machine: an offline log to import later
-        tracker = JsonlTracker(tracking_uri)
-    else:
-        from results.tracking import Tracker
-
-        tracker = Tracker(tracking_uri)
+    tracker = open_tracker(tracking_uri)  # jsonl:PATH: an offline log, for a machine without
+    # MLflow (imported into a store later)
     print(f"store: {tracker.uri}  ({len(cells)} cells)", file=out, flush=True)
     failed = 0
     for i, cell in enumerate(cells, 1):
         head = f"[{i}/{len(cells)}] {cell.name}"
-        done = tracker.finished(tasks.get(cell.task).name, cell.config_hash)
+        done = tracker.finished(experiment(cell), cell.config_hash)
         if done:
             print(f"{head}: skipped, finished already (config {cell.config_hash}, run {done})",
                   file=out, flush=True)
@@ -41,6 +35,6 @@ def sweep(cells: list[Cell], tracking_uri: str | None = None, progress: bool = T
             failed += 1
             print(f"{head}: FAILED: {type(err).__name__}: {err}", file=out, flush=True)
             continue
-        ladder = " ".join(f"{n}:{_headline(r)}" for n, r in results.items())
-        print(f"{head}: done in {time.perf_counter() - t0:.0f}s  {ladder}", file=out, flush=True)
+        print(f"{head}: done in {time.perf_counter() - t0:.0f}s  {ladder(results)}", file=out,
+              flush=True)
     return failed

@@ -18,8 +18,9 @@ def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
     used as it is; any other store gets an ``mlflow server`` on 127.0.0.1 in front of it,
     guarded so that it stops with this process even after a ``kill -9``."""
     from results import ui
+    from results.store import is_http
 
-    if ui.is_http(uri):
+    if is_http(uri):
         yield uri, None, None
         return
     port = ui.free_port()
