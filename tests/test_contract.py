@@ -19,7 +19,7 @@ from attentions import Alibi, nape_slopes, parse_spec
 from attentions.backends import load as load_backend
 
 from . import reference as R
-from .conftest import DEVICES
+from .conftest import DEVICES, rel
 
 SPECS = ["softmax", "ssmax", "entmax", "entmax:alpha=1.25", "entmax:alpha=1.75", "sparsemax",
          "asentmax", "topk:k=5"]
@@ -119,11 +119,6 @@ def reference(attn, q, k, v, x, *, causal=True, bias=None):
     qs = q.detach().double().cpu() * f[..., None]
     return R.attention(qs, k.detach().double().cpu(), v.detach().double().cpu(),
                        attn.normalizer(), causal=causal, bias=bias)
-
-
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 @pytest.mark.parametrize("spec,backend,device", CASES)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT
+
 pytestmark = pytest.mark.slow  # about half a minute: fresh interpreters over a copied tree
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("attentions", "tasks", "suite", "results")
 TESTS = ("__init__.py", "conftest.py", "reference.py", "test_contract.py", "test_tasks.py")
 

@@ -11,17 +11,7 @@ from suite import profiles
 from suite.cli import main
 from suite.train import Cell, train
 
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # checkpoints go to ./results/checkpoints
-    return f"sqlite:///{tmp_path}/mlflow.db"
-
-
-def runs(uri, experiment="flip_flop"):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id]) if exp else []
+from .conftest import runs
 
 
 def test_smoke_sweep_round_trip(store, capsys):

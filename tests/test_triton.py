@@ -26,6 +26,7 @@ from attentions.backends import torch_backend  # noqa: E402
 from attentions.backends import triton_backend as TB  # noqa: E402
 
 from . import reference as R  # noqa: E402
+from .conftest import ROOT, rel  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 
@@ -34,11 +35,6 @@ DEV = "cuda" if CUDA else "cpu"
 def _fused_backward(monkeypatch):
     """Test the fused backward kernels themselves, whatever the environment says."""
     monkeypatch.setenv("SUITE_TRITON_FUSED_BACKWARD", "1")
-
-
-def rel(a, b, floor=1e-12):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / max(float(b.norm()), floor))
 
 
 def inputs(B, H, T, D, dtype=torch.float32, S=None, scale=1.0, seed=0):
@@ -246,9 +242,8 @@ def test_sm90_build_uses_tensor_cores_in_every_pass():
             "    c, sass, use = S.compile_kernel(kind); out[kind] = [S.loops(sass), "
             "S.resources(use)]\n"
             "print(json.dumps(out))")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests.tools from here
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=root, check=True, timeout=600).stdout
+                         cwd=ROOT, check=True, timeout=600).stdout  # tests.tools from here
     import json
 
     found = json.loads(out.strip().splitlines()[-1])
