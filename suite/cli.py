@@ -8,6 +8,8 @@ import sys
 
 import attentions
 
+from .profiles import PROFILES
+
 
 def _plugins(args) -> None:
     for target in getattr(args, "plugin", None) or []:
@@ -154,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
                     help="attention spec (repeatable); default: every built-in variant")
     sp.add_argument("--task", action="append", metavar="SPEC",
                     help="task spec (repeatable); default: the profile's tasks")
-    sp.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    sp.add_argument("--profile", default="quick", choices=list(PROFILES))
     sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")

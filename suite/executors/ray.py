@@ -42,6 +42,7 @@ import attentions
 import tasks
 from results import store
 
+from ..profiles import RESOURCES, Resources
 from ..train import Cell, NonFiniteLoss, checkpoint_dir
 from .server import tracking_server
 
@@ -50,28 +51,10 @@ DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
 NOT_RETRIED = (NonFiniteLoss, attentions.SpecError)  # deterministic: a retry fails the same way
 
 
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """What one cell asks of the cluster."""
-    num_cpus: float
-    num_gpus: float = 0.0
-
-
-# The resources a cell of each profile needs on (cpu, cuda). Tiny models share a GPU.
-PROFILE_RESOURCES = {
-    "smoke": {"cpu": Resources(1), "cuda": Resources(1, 0.125)},
-    "quick": {"cpu": Resources(1), "cuda": Resources(1, 0.25)},
-    "paper": {"cpu": Resources(4), "cuda": Resources(2, 1.0)},
-}
-FALLBACK = {"cpu": Resources(1), "cuda": Resources(1, 1.0)}
-
-
 def cell_resources(cell: Cell) -> Resources:
-    """The profile's declaration (``Profile.resources`` when it has one, else the table above),
-    then ``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL``."""
-    table = getattr(cell.profile, "resources", None) or PROFILE_RESOURCES.get(
-        cell.profile.name, FALLBACK)
-    res = table.get(cell.device, FALLBACK[cell.device])
+    """The profile's declaration (``Profile.resources``), then ``SUITE_RAY_CPUS_PER_CELL`` /
+    ``SUITE_RAY_GPUS_PER_CELL``."""
+    res = cell.profile.resources.get(cell.device, RESOURCES[cell.device])
     cpus = float(os.environ.get("SUITE_RAY_CPUS_PER_CELL") or res.num_cpus)
     if cell.device != "cuda":
         return Resources(cpus, 0.0)
