@@ -33,13 +33,13 @@ PES = ("nope", "rope", "alibi", "nape")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
+    attention: str  # the attention's spec string
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
     head_dim: int = 16
     d_ff: int = 128
     pe: str = "nape"
-    attention: str = "softmax"
     backend: str = "auto"
     rope_theta: float = 10000.0
 
