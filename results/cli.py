@@ -42,7 +42,7 @@ def ui_cmd(args) -> int:
     """Start the MLflow UI over the store and print the leaderboard run's URL; Ctrl-C stops."""
     from . import ui
     from .report import latest
-    from .store import is_http
+    from .schema import is_http
     from .tracking import Tracker
 
     tracker = Tracker(args.tracking_uri)  # a corrupt or unreachable store fails here

@@ -20,13 +20,13 @@ import polars as pl
 from tasks.metrics import METRICS
 from tasks.metrics import headline as headline_of
 
-from . import store
+from . import schema
 
 COLUMNS = ["task", "attention", "length", "multiple", "exact_match_mean", "exact_match_std",
            "token_acc_mean", "token_acc_std", "seeds"]
 BASE = ["exact_match", "token_acc"]  # the metrics of the CSV's fixed columns
 EXTRA = [m for m in METRICS if m not in BASE]  # columns of their own, in the table's order
-CELL_FILTER = store.where(kind=store.CELL, status="FINISHED")
+CELL_FILTER = schema.where(kind=schema.CELL, status="FINISHED")
 SCHEMA = {"run_id": pl.Utf8, "start": pl.Int64, "task": pl.Utf8, "attention": pl.Utf8,
           "seed": pl.Int64, "profile": pl.Utf8, "device": pl.Utf8, "commit": pl.Utf8,
           "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
@@ -42,14 +42,14 @@ def records(tracker) -> pl.DataFrame:
 
 
 def _run_rows(run) -> Iterable[tuple]:
-    t = store.fields(run.data.tags)
+    t = schema.fields(run.data.tags)
     commit = t.get("git_commit", "unknown")[:7]
     if t.get("git_dirty") == "true":
         commit += "+dirty"
     head = (run.info.run_id, run.info.start_time, t["task"], t["attention"],
             int(t["seed"]), t.get("profile", ""), t.get("device", ""), commit)
     for key, value in run.data.metrics.items():
-        found = store.split_metric_key(key)
+        found = schema.split_metric_key(key)
         if found and found[0] in METRICS:
             yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 

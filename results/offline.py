@@ -4,7 +4,7 @@
 file instead of a tracking store; ``suite import PATH`` replays it into a real store (the
 embedded one by default; ``results.tracking.replay``), keeping params, tags, metrics with their
 steps, artifacts and the final status (FINISHED or FAILED). Nothing here imports mlflow: the
-log holds the same schema (``results.store``) that a tracking store would.
+log holds the same schema (``results.schema``) that a tracking store would.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import schema
 
 
 class JsonlTracker:
     def __init__(self, uri: str):
         self.uri = uri
-        self.path = Path(uri.removeprefix(store.OFFLINE_PREFIX)).expanduser()
+        self.path = Path(uri.removeprefix(schema.OFFLINE_PREFIX)).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch()
 
@@ -36,7 +36,7 @@ class JsonlTracker:
         starts, done = {}, None
         for rec in read(self.path):
             if rec["event"] == "start" and rec["experiment"] == experiment and \
-                    rec["tags"].get(store.HASH) == config_hash:
+                    rec["tags"].get(schema.HASH) == config_hash:
                 starts[rec["run"]] = True
             if rec["event"] == "end" and rec["status"] == "FINISHED" and rec["run"] in starts:
                 done = rec["run"]

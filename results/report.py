@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 
 from . import leaderboard as lb
+from . import schema
 from . import speed as sp
-from . import store
 
-EXPERIMENT = store.LEADERBOARD_EXPERIMENT
-KIND_FILTER = store.where(kind=store.LEADERBOARD, status="FINISHED")
+EXPERIMENT = schema.LEADERBOARD_EXPERIMENT
+KIND_FILTER = schema.where(kind=schema.LEADERBOARD, status="FINISHED")
 NOTE_LIMIT = 7900  # MLflow tag values hold 8000 characters
 
 
@@ -94,8 +94,8 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
 
     md = next((p.read_text() for p in rep.files if p.suffix == ".md"), "")
     note = md if len(md) <= NOTE_LIMIT else md[:NOTE_LIMIT] + "\n\n(cut: see leaderboard.md)"
-    tags = {store.KIND: store.LEADERBOARD, store.tag("profile"): rep.profile or "",
-            "mlflow.note.content": note, **{store.tag(k): v for k, v in git_state().items()}}
+    tags = {schema.KIND: schema.LEADERBOARD, schema.tag("profile"): rep.profile or "",
+            "mlflow.note.content": note, **{schema.tag(k): v for k, v in git_state().items()}}
     params = {"profile": rep.profile or "", "rows": rep.table.height,
               "tasks": ",".join(rep.table["task"].unique(maintain_order=True))}
     try:

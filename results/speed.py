@@ -17,12 +17,12 @@ from typing import Any
 
 import polars as pl
 
-from . import store
+from . import schema
 
-EXPERIMENT = store.BENCH_EXPERIMENT
+EXPERIMENT = schema.BENCH_EXPERIMENT
 TABLE = "bench_table.json"
 BASELINE = "sdpa_softmax"
-FILTER = store.where(kind=store.BENCH, status="FINISHED")
+FILTER = schema.where(kind=schema.BENCH, status="FINISHED")
 SCHEMA = {"device": pl.Utf8, "impl": pl.Utf8, "T": pl.Int64, "pass": pl.Utf8,
           "median_ms": pl.Float64}
 
@@ -42,8 +42,8 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
     try:
         tracker = Tracker(tracking_uri)
         device = str(rows[0].get("device", "")) if rows else ""
-        tags = {store.KIND: store.BENCH, store.tag("device"): device,
-                **{store.tag(k): v for k, v in git_state().items()}}
+        tags = {schema.KIND: schema.BENCH, schema.tag("device"): device,
+                **{schema.tag(k): v for k, v in git_state().items()}}
         with tracker.run(EXPERIMENT, f"bench | {device}", {"rows": len(rows)}, tags) as log:
             for row in rows:
                 log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
@@ -73,7 +73,7 @@ def records(tracker) -> pl.DataFrame:
         return pl.DataFrame(schema={**SCHEMA, "ratio": pl.Float64})
     newest: dict[str, str] = {}
     for run in tracker.search([exp_id], FILTER):  # newest first
-        newest.setdefault(run.data.tags.get(store.tag("device"), ""), run.info.run_id)
+        newest.setdefault(run.data.tags.get(schema.tag("device"), ""), run.info.run_id)
     frames = [_table(tracker, run_id, device) for device, run_id in newest.items()]
     return ratios(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMA))
 

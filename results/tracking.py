@@ -1,4 +1,4 @@
-"""MLflow tracking: where runs go, and how a run begins and ends (the schema: ``store``).
+"""MLflow tracking: where runs go, and how a run begins and ends (what runs carry: ``schema``).
 
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite file
 ``results/mlflow.db`` (artifacts in ``results/mlartifacts``). ``Tracker`` is the MLflow side of
@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-from . import store  # noqa: E402
+from . import schema  # noqa: E402
 
 DEFAULT_DIR = Path("results")
 
@@ -60,7 +60,7 @@ def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
 
 def probe_http(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds when an http(s) store does not answer at all (no MLflow retries)."""
-    if not store.is_http(uri):
+    if not schema.is_http(uri):
         return
     import requests
 
@@ -117,17 +117,17 @@ class Tracker:
             return None
         with store_errors(self.uri, "read"):
             runs = self.client.search_runs(
-                [exp_id], filter_string=store.where(config_hash=config_hash, status="FINISHED"),
+                [exp_id], filter_string=schema.where(config_hash=config_hash, status="FINISHED"),
                 max_results=1)
         return runs[0].info.run_id if runs else None
 
     def runs(self, experiment: str, **conditions) -> list[str]:
-        """The ids of the experiment's runs that match ``store.where(**conditions)``, newest
+        """The ids of the experiment's runs that match ``schema.where(**conditions)``, newest
         first."""
         exp_id = self.existing(experiment)
         if exp_id is None:
             return []
-        return [run.info.run_id for run in self.search([exp_id], store.where(**conditions))]
+        return [run.info.run_id for run in self.search([exp_id], schema.where(**conditions))]
 
     def search(self, experiment_ids: list[str], filter_string: str) -> Iterator:
         """Every run that matches, page by page (newest first)."""
@@ -179,7 +179,7 @@ class Tracker:
     def end(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
         """Set the tags, then end the run with ``status`` (FINISHED, FAILED or KILLED; a run
         ended before may be ended again, e.g. a FINISHED duplicate made KILLED)."""
-        if status not in store.STATUSES[1:]:
+        if status not in schema.STATUSES[1:]:
             raise ValueError(f"end a run FINISHED, FAILED or KILLED, not {status!r}")
         with store_errors(self.uri, "write to"):
             for key, value in (tags or {}).items():
@@ -190,8 +190,8 @@ class Tracker:
         """Record the error, each step on its own, so that a failing step cannot keep the
         run from ending FAILED (the store may be the thing that failed)."""
         status = RunStatus.FAILED if isinstance(err, Exception) else RunStatus.KILLED
-        steps = (lambda: self.client.set_tag(run_id, store.ERROR, f"{type(err).__name__}: "
-                                             f"{err}"[:store.ERROR_LIMIT]),
+        steps = (lambda: self.client.set_tag(run_id, schema.ERROR, f"{type(err).__name__}: "
+                                             f"{err}"[:schema.ERROR_LIMIT]),
                  lambda: self.client.log_text(run_id, traceback.format_exc(), "error.txt"),
                  lambda: self.client.set_terminated(run_id, RunStatus.to_string(status)))
         for step in steps:
@@ -264,13 +264,13 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
                 r["events"].append(rec)
     counts = {"imported": 0, "skipped": 0}
     for r in runs.values():
-        h = r["tags"].get(store.HASH)
+        h = r["tags"].get(schema.HASH)
         if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
             counts["skipped"] += 1
             continue
-        tags = {**r["tags"], store.IMPORTED_FROM: str(path)}
+        tags = {**r["tags"], schema.IMPORTED_FROM: str(path)}
         if r["error"]:
-            tags[store.ERROR] = r["error"][:store.ERROR_LIMIT]
+            tags[schema.ERROR] = r["error"][:schema.ERROR_LIMIT]
         log = tracker.start(r["experiment"], r["name"], tags, r["params"],
                             start_time=int(r["time"] * 1000))
         with store_errors(tracker.uri, "write to"):

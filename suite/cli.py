@@ -62,7 +62,7 @@ def cmd_run(args) -> int:
 
         failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
-    from results.store import is_offline
+    from results.schema import is_offline
 
     if is_offline(args.tracking_uri):
         print(f"offline log written; load it into a store with: suite import "

@@ -13,10 +13,10 @@ import attentions
 import tasks
 from tasks.metrics import summary
 
-from . import __version__
 from . import profiles as P
 from .evaluate import evaluate
 from .train import Cell, train
+from .version import __version__
 
 
 def builtin_attentions() -> list[str]:
@@ -67,14 +67,14 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
 
 def experiment(cell: Cell) -> str:
     """The experiment a cell's runs go to."""
-    from results.store import cell_experiment
+    from results.schema import cell_experiment
 
     return cell_experiment(tasks.get(cell.task).name)
 
 
 def cell_tags(cell: Cell, **more: str) -> dict[str, str]:
     """The tags of a cell's run that say what it is (``more``: which executor, sweep, ...)."""
-    from results.store import cell_tags as tags
+    from results.schema import cell_tags as tags
 
     task = tasks.get(cell.task)
     return tags({"config_hash": cell.config_hash, "version": __version__,
@@ -87,7 +87,7 @@ def _environment_tags(cell: Cell, model) -> dict[str, str]:
     """The cell's tags, with where it runs: kernel backend, device, git state, versions."""
     from attentions.backends import resolve
     from results.gitinfo import git_state
-    from results.store import cell_tags as tags
+    from results.schema import cell_tags as tags
 
     attn = model.blocks[0].attn.attn
     try:
@@ -107,7 +107,7 @@ def _environment_tags(cell: Cell, model) -> dict[str, str]:
 
 def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error."""
-    from results.store import metric_key
+    from results.schema import metric_key
 
     from .train import build_model
 

@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs ray (pip install
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from results.store import HASH  # noqa: E402
+from results.schema import HASH  # noqa: E402
 from results.ui import free_port  # noqa: E402
 from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402

@@ -40,7 +40,7 @@ from typing import Any
 
 import attentions
 import tasks
-from results import store
+from results import schema
 
 from ..profiles import RESOURCES, Resources
 from ..train import Cell, NonFiniteLoss, checkpoint_dir
@@ -98,9 +98,9 @@ def settle(tracker, experiment: str, config_hash: str) -> str | None:
         return None
     keep = done[0]
     for run_id in done[1:]:
-        tracker.end(run_id, "KILLED", {store.DUPLICATE_OF: keep})
+        tracker.end(run_id, "KILLED", {schema.DUPLICATE_OF: keep})
     for run_id in tracker.runs(experiment, config_hash=config_hash, status="RUNNING"):
-        tracker.end(run_id, "KILLED", {store.SUPERSEDED_BY: keep})
+        tracker.end(run_id, "KILLED", {schema.SUPERSEDED_BY: keep})
     return keep
 
 
@@ -124,7 +124,7 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
     os.environ["SUITE_CHECKPOINT_DIR"] = ckpt_dir
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
-    node = {store.tag("ray_node"): platform.node()}
+    node = {schema.tag("ray_node"): platform.node()}
     guarded = None
     try:
         load_plugins(plugins)
@@ -217,7 +217,7 @@ def _record_failure(tracker, cell: Cell, sweep_id: str, error: str) -> None:
     log a FAILED run when the attempt left none."""
     from ..run import cell_tags, experiment
 
-    failed = {store.ERROR: error[:store.ERROR_LIMIT]}
+    failed = {schema.ERROR: error[:schema.ERROR_LIMIT]}
     stale = tracker.runs(experiment(cell), config_hash=cell.config_hash, sweep_id=sweep_id,
                          status="RUNNING")
     for run_id in stale:
@@ -241,7 +241,7 @@ def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
             "--executor ray needs Ray: pip install 'attention-suite[ray]'") from None
     from results.tracking import resolve_uri
 
-    if store.is_offline(tracking_uri):
+    if schema.is_offline(tracking_uri):
         raise attentions.SpecError(
             "--executor ray logs through an MLflow tracking server; an offline jsonl: log is "
             "for the local executor (run the Ray sweep on a machine with MLflow)")
@@ -264,7 +264,7 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
 
     ckpt = str(checkpoint_dir().resolve())
     plugins = plugins_for(cells)
-    if not store.is_http(uri):
+    if not schema.is_http(uri):
         # Experiments made here (one writer, before the server starts) keep their artifacts
         # beside the database, where the local executor puts them.
         direct = Tracker(uri)
@@ -275,7 +275,7 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
     try:
         cells = _place(cells, ray.cluster_resources())
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) > 1 and not store.is_http(uri):
+        if len(nodes) > 1 and not schema.is_http(uri):
             raise attentions.SpecError(
                 f"the Ray cluster has {len(nodes)} nodes, but the store {uri!r} is not a "
                 "tracking server they can all reach: start `mlflow server --host 0.0.0.0 ...` "
@@ -309,8 +309,8 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
         task = ray.remote(run_cell_task).options(
             num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=SYSTEM_RETRIES,
             retry_exceptions=False, name=f"cell {cell.name}")
-        tags = {store.tag("executor"): "ray", store.SWEEP: sweep_id,
-                store.tag("attempt"): str(attempt)}
+        tags = {schema.tag("executor"): "ray", schema.SWEEP: sweep_id,
+                schema.tag("attempt"): str(attempt)}
         ref = task.remote(cell, server, ckpt, tags, max(1, int(res.num_cpus)), plugins)
         pending[ref] = (cell, attempt)
         if progress:

@@ -18,7 +18,7 @@ def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
     used as it is; any other store gets an ``mlflow server`` on 127.0.0.1 in front of it,
     guarded so that it stops with this process even after a ``kill -9``."""
     from results import ui
-    from results.store import is_http
+    from results.schema import is_http
 
     if is_http(uri):
         yield uri, None, None

@@ -5,44 +5,44 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from results import store
+from results import schema
 from tasks.metrics import METRICS, headline, selection_score, summary
 
 
 @given(st.from_regex(r"[a-z][a-z_]{0,20}", fullmatch=True), st.integers(1, 1 << 20))
 def test_metric_keys_round_trip(name, length):
-    assert store.split_metric_key(store.metric_key(name, length)) == (name, length)
+    assert schema.split_metric_key(schema.metric_key(name, length)) == (name, length)
 
 
 @pytest.mark.parametrize("key", ["exact_match", "train_loss", "x_L", "_L64", "em_Lx12"])
 def test_keys_without_a_length_are_not_split(key):
-    assert store.split_metric_key(key) is None
+    assert schema.split_metric_key(key) is None
 
 
 def test_filter_strings():
-    assert store.where(kind=store.CELL, status="FINISHED") == (
+    assert schema.where(kind=schema.CELL, status="FINISHED") == (
         "tags.`suite.kind` = 'cell' and attributes.status = 'FINISHED'")
-    assert store.where(config_hash="ab12", sweep_id="s1", status="RUNNING") == (
+    assert schema.where(config_hash="ab12", sweep_id="s1", status="RUNNING") == (
         "tags.`suite.config_hash` = 'ab12' and tags.`suite.sweep_id` = 's1' and "
         "attributes.status = 'RUNNING'")
     with pytest.raises(ValueError, match="status 'DONE' is not one of"):
-        store.where(status="DONE")
+        schema.where(status="DONE")
     with pytest.raises(ValueError, match="cannot hold a quote"):
-        store.where(config_hash="x' or '1'='1")
+        schema.where(config_hash="x' or '1'='1")
 
 
 def test_cell_tags_and_their_fields():
-    tags = store.cell_tags({"config_hash": "ab12", "seed": 3, "task": "t"}, {"torch": "2.13"})
-    assert tags == {store.KIND: store.CELL, store.HASH: "ab12", "suite.seed": "3",
+    tags = schema.cell_tags({"config_hash": "ab12", "seed": 3, "task": "t"}, {"torch": "2.13"})
+    assert tags == {schema.KIND: schema.CELL, schema.HASH: "ab12", "suite.seed": "3",
                     "suite.task": "t", "version.torch": "2.13"}
-    assert store.fields(tags) == {"kind": "cell", "config_hash": "ab12", "seed": "3",
+    assert schema.fields(tags) == {"kind": "cell", "config_hash": "ab12", "seed": "3",
                                   "task": "t"}
 
 
 def test_uri_kinds():
-    assert store.is_http("http://h:5000") and store.is_http("https://h")
-    assert not store.is_http("sqlite:///x.db") and not store.is_http(None)
-    assert store.is_offline("jsonl:/tmp/x.jsonl") and not store.is_offline("file:///tmp")
+    assert schema.is_http("http://h:5000") and schema.is_http("https://h")
+    assert not schema.is_http("sqlite:///x.db") and not schema.is_http(None)
+    assert schema.is_offline("jsonl:/tmp/x.jsonl") and not schema.is_offline("file:///tmp")
 
 
 def test_every_metric_is_described():
