@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,11 +78,7 @@ def records(tracker) -> pl.DataFrame:
 
 
 def _table(tracker, run_id: str, device: str) -> pl.DataFrame:
-    from .tracking import store_errors
-
-    with tempfile.TemporaryDirectory() as tmp, store_errors(tracker.uri, "read"):
-        path = tracker.client.download_artifacts(run_id, TABLE, tmp)
-        data = json.loads(Path(path).read_text())
+    data = json.loads(tracker.artifact_text(run_id, TABLE))
     df = pl.DataFrame(data["data"], schema=data["columns"], orient="row")
     return df.select(pl.lit(device).alias("device"), pl.col("impl").cast(pl.Utf8),
                      pl.col("T").cast(pl.Int64), pl.col("pass").cast(pl.Utf8),

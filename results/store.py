@@ -13,7 +13,7 @@ loaded into a store later by ``suite import``). Both answer::
 
 The MLflow tracker adds what a sweep over a shared store needs: ``runs(experiment, **where)``
 (the ids of the runs that match ``schema.where``), ``start`` and ``end`` (a run begun and ended
-by hand, with a status and tags), ``experiment``, ``existing`` and ``search``.
+by hand, with a status and tags), ``experiment``, ``existing``, ``search`` and ``artifact_text``.
 """
 
 from __future__ import annotations

@@ -142,6 +142,13 @@ class Tracker:
             if not token:
                 return
 
+    def artifact_text(self, run_id: str, name: str) -> str:
+        """The text of one of a run's artifacts."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp, store_errors(self.uri, "read"):
+            return Path(self.client.download_artifacts(run_id, name, tmp)).read_text()
+
     def experiment_ids(self) -> list[str]:
         with store_errors(self.uri, "read"):
             return [e.experiment_id for e in self.client.search_experiments()]
