@@ -197,3 +197,21 @@ def test_suite_show_prints_a_decoded_example(capsys):
     assert main(["show", "sort", "--length", "12"]) == 0
     out = capsys.readouterr().out
     assert "sort" in out and "source" in out and "target" in out
+
+
+def test_default_variants_are_the_builtins_not_the_plugins(tmp_path):
+    """`suite run` without --attention trains every variant the attentions package registers
+    (found, not listed), and none that a plugin added."""
+    import attentions
+    from suite.run import plan
+
+    plugin = tmp_path / "relu_plugin.py"
+    plugin.write_text(USER_PLUGIN.replace("my_relu_test", "default_excluded_test"))
+    attentions.load_plugin(str(plugin))
+    try:
+        cells = plan(None, None, "smoke", 1, "cpu")
+    finally:
+        attentions.REGISTRY.unregister("default_excluded_test")
+    shipped = [n for n in attentions.names()
+               if attentions.get(n).__module__.startswith("attentions.")]
+    assert [c.attention for c in cells] == shipped and len(shipped) >= 6
