@@ -299,7 +299,7 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
         g = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(B, Hh, T, Dh, device="cuda", dtype=torch.bfloat16, generator=g)
                    .requires_grad_() for _ in range(3))
-        dy = torch.randn_like(q)
+        dy = torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g)
         for name, fn in fns.items():
             def step(fn=fn, q=q, k=k, v=v, dy=dy):
                 fn(q, k, v).backward(dy)

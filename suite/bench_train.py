@@ -79,9 +79,11 @@ def measure(task_spec: str, attention: str, profile: str, device: str, steps: in
             stepper.step(tok, tgt)
             return int(tok.numel()), int(tok.shape[1])
 
+        w0 = time.perf_counter()
         for i in range(warmup):
             one(i)
         stepper.flush()
+        row["warmup_seconds"] = time.perf_counter() - w0
         if barrier is not None:
             barrier.wait()
         wall0, t0 = time.time(), time.perf_counter()
@@ -134,12 +136,17 @@ def packed(task_spec: str, attention: str, profile: str, device: str, steps: int
 
 
 def run(task_specs, attention_specs, profile: str | None, device: str, steps: int = 200,
-        warmup: int = 20, cells=(1,)) -> dict:
+        warmup: int = 20, cells=(1,), out: str | None = None) -> dict:
     """The table: one row per (task, attention), and packing rows when ``cells`` has N > 1."""
     dev = torch.device(device)
     profile = profile or ("paper" if dev.type == "cuda" else "quick")
     peak = peak_tflops(dev)
     rows, packing = [], []
+    env = {"device": torch.cuda.get_device_name() if dev.type == "cuda"
+           else platform.processor() or "cpu", "torch": torch.__version__,
+           "peak_tflops": peak, "profile": profile, "steps": steps, "warmup": warmup,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {"kind": "train", "env": env, "rows": rows, "packing": packing}
     for task_spec in task_specs:
         for att in attention_specs:
             try:
@@ -150,10 +157,12 @@ def run(task_specs, attention_specs, profile: str | None, device: str, steps: in
             row["peak_share"] = row.get("model_tflops", 0) / peak
             rows.append(row)
             print(json.dumps(row), flush=True)
+            _write(result, out)
             for n in cells:
                 if n > 1:
                     packing.append(packed(task_spec, att, profile, device, steps, warmup, n))
                     print(json.dumps(packing[-1]), flush=True)
+                    _write(result, out)
     for row in rows:
         base = next((r.get("tokens_per_s") for r in rows if r["task"] == row["task"]
                      and r["attention"] == BASELINE), None)
@@ -164,11 +173,15 @@ def run(task_specs, attention_specs, profile: str | None, device: str, steps: in
                        and r["attention"] == row["attention"]), None)
         row["vs_one_cell"] = (row["aggregate_tokens_per_s"] / single
                               if single and "aggregate_tokens_per_s" in row else None)
-    env = {"device": torch.cuda.get_device_name() if dev.type == "cuda"
-           else platform.processor() or "cpu", "torch": torch.__version__,
-           "peak_tflops": peak, "profile": profile, "steps": steps, "warmup": warmup,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    return {"kind": "train", "env": env, "rows": rows, "packing": packing}
+    _write(result, out)
+    return result
+
+
+def _write(result: dict, path: str | None) -> None:
+    """Keep the table so far on disk (a long run that is cut short keeps its rows)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
 
 
 def best_packing(packing: list[dict]) -> dict[tuple[str, str], int]:
@@ -185,7 +198,7 @@ def best_packing(packing: list[dict]) -> dict[tuple[str, str], int]:
 def format_table(result: dict) -> str:
     env = result["env"]
     lines = [f"training throughput: {env['device']}, profile {env['profile']}, "
-             f"{env['steps']} steps after {env['warmup']}, peak {env['peak_tflops']:.0f} "
+             f"{env['steps']} steps after {env['warmup']}, peak {env['peak_tflops']:.3g} "
              f"TFLOP/s (measured matmul), baseline {BASELINE}",
              f"{'task':10s} {'attention':22s} {'tokens/s':>11s} {'steps/s':>8s} "
              f"{'params':>8s} {'TFLOP/s':>8s} {'of peak':>8s} {'x softmax':>9s} graphs"]

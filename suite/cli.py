@@ -112,10 +112,8 @@ def cmd_bench_train(args) -> int:
         if bench_train.BASELINE not in atts:
             atts.insert(0, bench_train.BASELINE)
         result = bench_train.run(args.task or ["mqmtar", "sort"], atts, args.profile, device,
-                                 steps=args.train_steps, warmup=args.warmup, cells=cells)
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(result, fh, indent=1)
+                                 steps=args.train_steps, warmup=args.warmup, cells=cells,
+                                 out=args.out)
     print(bench_train.format_table(result))
     if not args.no_log:
         from results.speed import log_bench

@@ -54,6 +54,7 @@ class Stepper:
         self.graphs_on = bool(graphs) and self.cuda
         compile = _flag("SUITE_COMPILE", False) if compile is None else compile
         self.forward = torch.compile(model) if (compile and self.cuda) else model
+        self._primed = False
         self._graphs: dict[tuple, tuple | None] = {}  # shape -> (graph, tokens, targets, loss)
         self._warm: dict[tuple, int] = {}
         self._losses: list[torch.Tensor] = []
@@ -70,6 +71,10 @@ class Stepper:
     def _loss(self, tokens, targets):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda,
                             cache_enabled=False):
+            if self.forward is not self.model and not self._primed:
+                with torch.no_grad():  # one eager call picks the kernels the trace reuses
+                    self.model(tokens)
+                self._primed = True
             logits = self.forward(tokens)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                ignore_index=-100)

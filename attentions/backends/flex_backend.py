@@ -127,7 +127,10 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
                                        sm_scale=sm_scale)
     T, S = q.shape[2], k.shape[2]
     mask = _mask(T, S, q.device) if causal else None
+    inside = torch.compiler.is_compiling()  # an enclosing compile traces the plain function
     if isinstance(bias, Alibi):
         slopes = bias.slopes.to(device=q.device, dtype=torch.float32)
-        return _compiled("alibi")(q, k, v, slopes, mask, float(sm_scale), S - T)
-    return _compiled("plain")(q, k, v, mask, float(sm_scale))
+        fn = _alibi if inside else _compiled("alibi")
+        return fn(q, k, v, slopes, mask, float(sm_scale), S - T)
+    fn = _plain if inside else _compiled("plain")
+    return fn(q, k, v, mask, float(sm_scale))
