@@ -386,8 +386,10 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
     there (the store's baseline name); NAPE rows take their ratio against softmax+NAPE's fused
     path."""
     out = []
+    # tables of 2026-11-27 and before had SDPA with FLASH forced as their baseline
+    base = BASELINE if any(r["impl"] == BASELINE for r in rows) else "sdpa_flash"
     for row in rows:
-        impl = "sdpa_softmax" if row["impl"] == BASELINE else row["impl"]
+        impl = "sdpa_softmax" if row["impl"] == base else row["impl"]
         for key, pas in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
             if f"{key}_ms" in row:
                 out.append({"impl": impl, "T": row["T"], "pass": pas,
