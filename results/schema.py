@@ -18,9 +18,10 @@ from typing import Any
 
 OFFLINE_PREFIX = "jsonl:"
 
-# kinds of run (the value of the KIND tag) and the experiments that are not tasks
-CELL, LEADERBOARD, BENCH = "cell", "leaderboard", "bench"
-LEADERBOARD_EXPERIMENT, BENCH_EXPERIMENT = "leaderboard", "bench"
+# kinds of run (the value of the KIND tag); the runs that are not cells go to an experiment
+# named after their kind
+CELL, LEADERBOARD, BENCH, BENCH_TRAIN = "cell", "leaderboard", "bench", "bench_train"
+LEADERBOARD_EXPERIMENT, BENCH_EXPERIMENT = LEADERBOARD, BENCH
 
 # tags: the suite's own are "suite.<field>"; the ones the code reads or sets by name
 PREFIX = "suite."
