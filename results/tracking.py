@@ -33,6 +33,7 @@ for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 from . import schema  # noqa: E402
+from .claims import file_lock  # noqa: E402
 
 DEFAULT_DIR = Path("results")
 
@@ -88,14 +89,78 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an embedded store, None for any other URI."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def create_once(uri: str) -> None:
+    """Make a new embedded store once, whole: under a lock beside it, in a file of its own that
+    is renamed into place when MLflow has made its tables. Processes that open a new store
+    together then all find it complete (MLflow's schema migration, run by two at once, fails
+    in both), and a kill mid-way leaves no half-made store."""
+    db = sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    with file_lock(db.parent / f".{db.name}.lock"):
+        if db.exists():  # made by another process while this one waited
+            return
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+        tmp.unlink(missing_ok=True)
+        try:
+            tmp_uri = f"sqlite:///{tmp}"
+            MlflowClient(tmp_uri).search_experiments(max_results=1)  # makes the tables
+            _dispose(tmp_uri)
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _dispose(db_uri: str) -> None:
+    """Close MLflow's cached connections to a database file (before it is renamed)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with contextlib.suppress(Exception):
+        SqlAlchemyStore._engine_map.pop(db_uri).dispose()
+
+
 class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_uri(uri)
         probe_http(self.uri)
         with store_errors(self.uri, "open"):
+            create_once(self.uri)
             mlflow.set_tracking_uri(self.uri)
             self.client = MlflowClient(self.uri)
             self.client.search_experiments(max_results=1)
+
+    def store_id(self) -> str:
+        """The store's id: a hash of its first experiment's id, creation time and artifact
+        location (MLflow's Default experiment, made with the store), so a store made anew at
+        the same path has another id, and every client of one store computes the same one
+        (nothing is written, so nothing races)."""
+        import hashlib
+
+        from mlflow.entities import ViewType
+
+        with store_errors(self.uri, "read"):
+            try:
+                exp = self.client.get_experiment("0")
+            except Exception:  # no Default experiment (deleted for good): the oldest one
+                found = self.client.search_experiments(
+                    view_type=ViewType.ALL, max_results=1,
+                    order_by=["creation_time ASC", "experiment_id ASC"])
+                exp = found[0] if found else None
+        if exp is None:
+            raise TrackingError(f"the store {self.uri!r} holds no experiment to take its id "
+                                "from; it is not a store MLflow made")
+        text = f"{exp.experiment_id}|{exp.creation_time}|{exp.artifact_location}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def local_dir(self) -> Path | None:
+        """The folder of an embedded store's database (None for a tracking server)."""
+        db = sqlite_path(self.uri)
+        return db.resolve().parent if db is not None else None
 
     def experiment(self, name: str) -> str:
         with store_errors(self.uri, "write to"):
@@ -262,11 +327,14 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
     runs: dict[str, dict] = {}
     for rec in read(Path(path)):
         if rec["event"] == "start":
-            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None}
-        elif rec["run"] in runs:
+            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None,
+                                "end_tags": {}}
+        elif rec.get("run") in runs:
             r = runs[rec["run"]]
             if rec["event"] == "end":
-                r["status"], r["error"] = rec["status"], rec.get("error")
+                r["status"] = rec["status"]
+                r["error"] = rec.get("error") or r["error"]
+                r["end_tags"].update(rec.get("tags", {}))
             else:
                 r["events"].append(rec)
     counts = {"imported": 0, "skipped": 0}
@@ -275,7 +343,7 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
         if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
             counts["skipped"] += 1
             continue
-        tags = {**r["tags"], schema.IMPORTED_FROM: str(path)}
+        tags = {**r["tags"], **r["end_tags"], schema.IMPORTED_FROM: str(path)}
         if r["error"]:
             tags[schema.ERROR] = r["error"][:schema.ERROR_LIMIT]
         log = tracker.start(r["experiment"], r["name"], tags, r["params"],
@@ -287,7 +355,7 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
                 elif rec["event"] == "dict":
                     log.dict(rec["obj"], rec["name"])
         # a run the log left RUNNING (its machine stopped mid-cell) is imported FAILED
-        tracker.end(log.run_id, r["status"] if r["status"] in ("FINISHED", "FAILED")
+        tracker.end(log.run_id, r["status"] if r["status"] in schema.STATUSES[1:]
                     else "FAILED")
         counts["imported"] += 1
     return counts

@@ -15,6 +15,7 @@ from tasks.metrics import summary
 
 from . import profiles as P
 from .evaluate import evaluate
+from .identity import code_identity
 from .train import Cell, train
 from .version import __version__
 
@@ -61,7 +62,8 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
         dev = device
     else:
         raise attentions.SpecError(f"--device {device!r}: use auto, cpu or cuda")
-    return [Cell(a, t, seed, prof, dev, backend) for t in tsks for a in atts
+    code = {(a, t): tuple(code_identity(a, t).items()) for t in tsks for a in atts}
+    return [Cell(a, t, seed, prof, dev, backend, code[a, t]) for t in tsks for a in atts
             for seed in range(seeds)]
 
 
@@ -105,8 +107,9 @@ def _environment_tags(cell: Cell, model) -> dict[str, str]:
     return {**cell_tags(cell), **where}
 
 
-def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
-    """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error."""
+def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
+    """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error.
+    ``ckpt_dir``: the cell's checkpoint folder in its store's home (``suite.attempts``)."""
     from results.schema import metric_key
 
     from .train import build_model
@@ -114,7 +117,7 @@ def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
     model = build_model(cell)
     params = {**cell.config(), "n_params": sum(p.numel() for p in model.parameters())}
     with tracker.run(experiment(cell), cell.name, params, _environment_tags(cell, model)) as log:
-        model, summary = train(cell, log=log, progress=progress)
+        model, summary = train(cell, log=log, progress=progress, ckpt_dir=ckpt_dir)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
         task = tasks.get(cell.task)
         _, budget = cell.size_budget

@@ -42,6 +42,10 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class ForeignCheckpoint(RuntimeError):
+    """A checkpoint in a cell's folder was written for another config."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     attention: str  # canonical spec
@@ -50,13 +54,22 @@ class Cell:
     profile: Profile
     device: str = "cpu"
     backend: str = "auto"
+    #: the code identity (``suite.identity.code_identity``) as (key, value) pairs, fixed when
+    #: the sweep is planned; empty: read from the code loaded in this process
+    code: tuple[tuple[str, str], ...] = ()
 
     @property
     def size_budget(self) -> tuple[Size, Budget]:
         return self.profile.for_task(tasks.get(self.task).name)
 
+    def code_identity(self) -> dict[str, str]:
+        from .identity import code_identity
+
+        return dict(self.code) or code_identity(self.attention, self.task)
+
     def config(self) -> dict[str, Any]:
-        """Everything that determines the result (and so the config hash)."""
+        """Everything that determines the result (and so the config hash): names and numbers,
+        and the code that computes them (``code.*``, see ``suite.identity``)."""
         size, budget = self.size_budget
         task = tasks.get(self.task)
         return {
@@ -64,7 +77,7 @@ class Cell:
             "seed": self.seed, "profile": self.profile.name, "pe": self.profile.pe,
             **{f"model.{k}": v for k, v in dataclasses.asdict(size).items()},
             **{f"train.{k}": v for k, v in dataclasses.asdict(budget).items()},
-            "suite_version": __version__,
+            "suite_version": __version__, **self.code_identity(),
         }
 
     @property
@@ -99,6 +112,17 @@ def lr_at(step: int, budget: Budget) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _load(path: Path, cell: Cell, device: torch.device) -> dict:
+    """A checkpoint of this cell (its config hash is inside), never another config's."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("config_hash") != cell.config_hash:
+        raise ForeignCheckpoint(
+            f"{path} was written for config {state.get('config_hash') or '(unrecorded)'}, not "
+            f"{cell.config_hash} ({cell.name}); a cell resumes only from its own checkpoints: "
+            "remove that folder")
+    return state
+
+
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -110,22 +134,41 @@ def _save(path: Path, state: dict) -> None:
 LOG_EVERY = 10
 
 
-def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
-    """Train (or resume) a cell; returns the selected model and a summary."""
+def train(cell: Cell, log=None, progress: bool = True, ckpt_dir: Path | None = None
+          ) -> tuple[Decoder, dict]:
+    """Train (or resume) a cell; returns the selected model and a summary. ``ckpt_dir``: the
+    cell's checkpoint folder (a sweep passes its store's, ``suite.attempts``); default
+    ``checkpoint_dir() / config hash``.
+
+    The checkpoint keeps what was logged up to its step (training loss, learning rate,
+    throughput, validation), and a resumed cell logs it again first, so that its run holds
+    the whole history from step 0; with the running loss average kept too, its final numbers
+    are those of an uninterrupted run."""
     size, budget = cell.size_budget
     task = tasks.get(cell.task)
     device = torch.device(cell.device)
     torch.manual_seed(cell.seed)
     model = build_model(cell).to(device)
     stepper = Stepper(model, budget.lr, device)
-    ckpt_dir = checkpoint_dir() / cell.config_hash
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else checkpoint_dir() / cell.config_hash
     start, best, loss_ema = 0, {"score": -1.0, "step": -1}, None
+    history: list[tuple[int, dict[str, float], int]] = []  # (step, values, time in ms)
     last = ckpt_dir / "last.pt"
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = _load(last, cell, device)
         model.load_state_dict(state["model"])
         stepper.opt.load_state_dict(state["opt"])
         start, best, loss_ema = state["step"], state["best"], state.get("loss_ema")
+        history = list(state.get("history", []))
+        if log is not None:
+            for at, values, ms in history:
+                log.metrics(values, step=at, timestamp=ms)
+
+    def record(values: dict[str, float], step: int) -> None:
+        history.append((step, {k: float(v) for k, v in values.items()},
+                        int(time.time() * 1000)))
+        if log is not None:
+            log.metrics(values, step=step)
     val_len = task.train_length * budget.val_multiple
     bar = tqdm(total=budget.steps, initial=start, disable=not progress, desc=cell.name,
                unit="step", dynamic_ncols=True, leave=False)
@@ -153,21 +196,21 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
             if due_log:
                 tps = tokens_seen / max(1e-9, time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tps:,.0f}")
-                if log is not None:
-                    log.metrics({"train_loss": loss_ema, "tokens_per_s": tps,
-                                 "lr": budget.lr * lr_at(step, budget)}, step=done)
+                record({"train_loss": loss_ema, "tokens_per_s": tps,
+                        "lr": budget.lr * lr_at(step, budget)}, done)
             if due_val:
                 val = evaluate(model, task, [val_len], budget.val_samples, cell.seed, device,
                                budget.eval_tokens, diagnostics=False, purpose=1)[val_len]
                 score = _val_score(val)
-                if log is not None:
-                    log.metrics({f"val_{k}": v for k, v in val.items()}, step=done)
+                record({f"val_{k}": v for k, v in val.items()}, done)
                 if score > best["score"]:
                     best = {"score": score, "step": done}
-                    _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done})
+                    _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done,
+                                                 "config_hash": cell.config_hash})
             if due_ckpt:
                 _save(last, {"model": model.state_dict(), "opt": stepper.opt.state_dict(),
-                             "step": done, "best": best, "loss_ema": loss_ema})
+                             "step": done, "best": best, "loss_ema": loss_ema,
+                             "history": history, "config_hash": cell.config_hash})
     bar.close()
     elapsed = time.perf_counter() - t0
     summary = {"steps": budget.steps, "resumed_from": start, "best_step": best["step"],
@@ -175,7 +218,7 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
                "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "final_loss": loss_ema,
                "cuda_graphs": stepper.captured}
     if (ckpt_dir / "best.pt").exists():
-        model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device)["model"])
+        model.load_state_dict(_load(ckpt_dir / "best.pt", cell, device)["model"])
     return model, summary
 
 
