@@ -1,7 +1,9 @@
 """The leaderboard, built with polars from the store (never from a process's memory).
 
-``records`` reads every FINISHED cell run into long records; ``select`` keeps one profile and,
-per (task, attention, seed), the newest run; ``table`` aggregates them into the leaderboard CSV
+``records`` reads every FINISHED cell run into long records, each with its config (the run's
+params but the seed); ``select`` keeps one profile and, per (task, config, seed), the newest
+run, and labels each row with what sets it apart (``label``): runs of different budgets or code
+are never averaged as if they were seeds; ``table`` aggregates them into the leaderboard CSV
 table, one row per (task, attention, length): exact match and token accuracy as mean and spread
 over seeds (sample standard deviation, empty with one seed), ``multiple`` = length / training
 length; other metrics of the metric table (``tasks.metrics.METRICS``: perplexity, retrieval
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import html as html_lib
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 
 import polars as pl
 
@@ -29,7 +32,16 @@ EXTRA = [m for m in METRICS if m not in BASE]  # columns of their own, in the ta
 CELL_FILTER = schema.where(kind=schema.CELL, status="FINISHED")
 SCHEMA = {"run_id": pl.Utf8, "start": pl.Int64, "task": pl.Utf8, "attention": pl.Utf8,
           "seed": pl.Int64, "profile": pl.Utf8, "device": pl.Utf8, "commit": pl.Utf8,
-          "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
+          "config": pl.Utf8, "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8,
+          "value": pl.Float64}
+#: params that do not set a row apart: the seed (a row aggregates seeds) and the size of the
+#: model (which the rest of the config determines)
+NOT_CONFIG = ("seed", "n_params")
+#: params that belong to the attention itself: shown on a row only where one attention has runs
+#: of several values
+PER_ATTENTION = ("code.attention",)
+#: budget fields that ``--steps`` sets (``Profile.with_budget``), so not shown beside it
+FROM_STEPS = ("train.warmup", "train.val_every", "train.ckpt_every")
 
 
 # ----------------------------------------------------------------------------- from the store
@@ -47,23 +59,68 @@ def _run_rows(run) -> Iterable[tuple]:
     if t.get("git_dirty") == "true":
         commit += "+dirty"
     head = (run.info.run_id, run.info.start_time, t["task"], t["attention"],
-            int(t["seed"]), t.get("profile", ""), t.get("device", ""), commit)
+            int(t["seed"]), t.get("profile", ""), t.get("device", ""), commit,
+            config_key({**run.data.params, "attention": t["attention"], "task": t["task"]}))
     for key, value in run.data.metrics.items():
         found = schema.split_metric_key(key)
         if found and found[0] in METRICS:
             yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 
 
+def config_key(params: Mapping[str, str]) -> str:
+    """A run's config but the seed, as one string (runs of one row share it)."""
+    return json.dumps({k: str(v) for k, v in sorted(params.items()) if k not in NOT_CONFIG})
+
+
 def select(recs: pl.DataFrame, profile: str | None = None) -> tuple[pl.DataFrame, str | None]:
-    """One profile (default: the newest run's) and, per (task, attention, seed), the newest
-    run, so that neither profiles nor reruns are averaged as if they were seeds."""
+    """One profile (default: the newest run's) and, per (task, config, seed), the newest run,
+    so that neither profiles, budgets, code versions nor reruns are averaged as if they were
+    seeds; the attention column holds each row's label (``label``)."""
     if recs.is_empty():
         return recs, profile
     profile = profile or recs.sort("start")["profile"][-1]
     recs = recs.filter(pl.col("profile") == profile)
-    newest = recs.group_by(["task", "attention", "seed"]).agg(
+    newest = recs.group_by(["task", "config", "seed"]).agg(
         pl.col("run_id").sort_by("start").last())
-    return recs.join(newest, on=["task", "attention", "seed", "run_id"], how="semi"), profile
+    recs = recs.join(newest, on=["task", "config", "seed", "run_id"], how="semi")
+    return label(recs), profile
+
+
+def label(recs: pl.DataFrame) -> pl.DataFrame:
+    """Rows say what they are: where a task's rows differ in more than their attention (a
+    budget override, the code), each row's label is its attention followed by the entries that
+    differ, e.g. ``softmax [steps=24]``; an attention's own code (a plugin's) is named only on
+    rows of an attention that has runs of several versions of it."""
+    pairs = recs.select("task", "config", "attention").unique()
+    labels = []
+    for (task,), part in pairs.group_by("task"):
+        configs = {c: json.loads(c) for c in part["config"]}
+        of = dict(zip(part["config"], part["attention"]))
+        keys = sorted(set().union(*configs.values()) - {"attention"})
+        varying = [k for k in keys if len({cfg.get(k) for cfg in configs.values()}) > 1]
+        setup = [k for k in varying if k not in PER_ATTENTION]
+        if "train.steps" in setup:
+            setup = [k for k in setup if k not in FROM_STEPS]
+        for c, cfg in configs.items():
+            mine = [configs[o] for o in configs if of[o] == of[c]]
+            own = [k for k in PER_ATTENTION if len({m.get(k) for m in mine}) > 1]
+            shown = sorted(setup, key=lambda k: (k.startswith("code."), k)) + own
+            entries = ", ".join(f"{_short(k)}={_value(k, cfg.get(k))}" for k in shown)
+            labels.append((task, c, of[c] + (f" [{entries}]" if entries else "")))
+    table_ = pl.DataFrame(labels, schema={"task": pl.Utf8, "config": pl.Utf8,
+                                          "label": pl.Utf8}, orient="row")
+    return (recs.join(table_, on=["task", "config"], how="left")
+            .with_columns(pl.col("label").alias("attention")).drop("label"))
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("train.").removeprefix("model.")
+
+
+def _value(key: str, value: str | None) -> str:
+    if value is None:
+        return "-"
+    return value[:8] if key.startswith("code.") else value
 
 
 # ----------------------------------------------------------------------------- the table
@@ -250,9 +307,11 @@ def about(recs: pl.DataFrame, profile: str | None) -> str:
     seeds = runs.group_by(["task", "attention"]).agg(pl.len())["len"]
     day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).date()  # noqa: E731
     span = sorted({day(runs["start"].min()), day(runs["start"].max())})
+    codes = sorted({json.loads(c).get("code.suite", "")[:8] for c in runs["config"]} - {""})
+    code = f"suite code {', '.join(codes)}; " if codes else ""
     return (f"Profile `{profile}`: {runs.height} cell runs, {_span(seeds)} seed(s) per cell; "
             f"device {', '.join(sorted(runs['device'].unique()))}; "
-            f"commit {', '.join(sorted(runs['commit'].unique()))}; "
+            f"commit {', '.join(sorted(runs['commit'].unique()))}; {code}"
             f"runs of {' to '.join(str(d) for d in span)}. Made by `suite leaderboard`.")
 
 

@@ -38,22 +38,31 @@ def _digest(items) -> str:
     return h.hexdigest()[:DIGITS]
 
 
-def source_files() -> list[tuple[str, Path]]:
-    """(name, path) of every source file ``code.suite`` covers, sorted by name."""
-    here = Path(__file__).resolve().parent
+def source_files(root: Path | None = None) -> list[tuple[str, Path]]:
+    """(name, path) of every source file ``code.suite`` covers, sorted by name: those of the
+    installed packages, or of the tree under ``root`` (holding attentions/, tasks/, suite/)."""
+    def folder(pkg) -> Path:
+        return root / pkg.__name__ if root else Path(pkg.__file__).resolve().parent
+
     found = []
     for pkg in (attentions, tasks):
-        root = Path(pkg.__file__).resolve().parent
-        found += [(f"{pkg.__name__}/{p.relative_to(root).as_posix()}", p)
-                  for p in root.rglob("*.py")]
+        top = folder(pkg)
+        found += [(f"{pkg.__name__}/{p.relative_to(top).as_posix()}", p)
+                  for p in top.rglob("*.py") if "__pycache__" not in p.parts]
+    here = root / "suite" if root else Path(__file__).resolve().parent
     found += [(f"suite/{name}", here / name) for name in PIPELINE]
     return sorted(found)
 
 
+def tree_code(root: Path | None = None) -> str:
+    """The hash of the sources ``source_files(root)`` lists."""
+    return _digest((name, path.read_bytes()) for name, path in source_files(root))
+
+
 @functools.cache
 def suite_code() -> str:
-    """The hash of the sources ``source_files`` lists."""
-    return _digest((name, path.read_bytes()) for name, path in source_files())
+    """``tree_code`` of the installed suite, read once per process."""
+    return tree_code()
 
 
 def _builtin(obj) -> bool:

@@ -58,7 +58,7 @@ def _after_first_checkpoint(role):
     checkpoint is written."""
     ckpt = Path(os.environ["SUITE_CHECKPOINT_DIR"])
     victim = (ckpt / role).read_text().strip()
-    if not (ckpt / victim / "last.pt").exists():
+    if not any(ckpt.glob(f"*/{victim}/last.pt")):  # <root>/<store id>/<config hash>/
         return False
     try:
         os.close(os.open(ckpt / f"{role}.done", os.O_CREAT | os.O_EXCL))

@@ -21,8 +21,10 @@ from .conftest import runs
 DAY = 1_790_000_000_000  # 2026-09-21, ms
 
 
-def rec(run, start, task, att, seed, length, train, metric, value, profile="quick"):
-    return (run, start, task, att, seed, profile, "cpu: x86_64", "abc1234", length, train,
+def rec(run, start, task, att, seed, length, train, metric, value, profile="quick", **config):
+    key = lb.config_key({"attention": att, "task": task, "profile": profile, "seed": seed,
+                         **config})
+    return (run, start, task, att, seed, profile, "cpu: x86_64", "abc1234", key, length, train,
             metric, value)
 
 

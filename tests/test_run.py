@@ -125,7 +125,7 @@ class _StopAt:
     def __init__(self, step):
         self.step = step
 
-    def metrics(self, values, step):
+    def metrics(self, values, step, timestamp=None):
         if step >= self.step and "train_loss" in values:
             raise _Interrupt(step)
 

@@ -5,16 +5,20 @@ end), makes sure one MLflow tracking server fronts the store (the user's http(s)
 ``mlflow server`` on 127.0.0.1 over the embedded ``results/mlflow.db``: workers never write
 one SQLite file directly), skips cells already FINISHED, and submits the rest. A task:
 
-1. sets ``SUITE_CHECKPOINT_DIR`` to the driver's absolute checkpoint directory and torch's
+1. sets ``SUITE_CHECKPOINT_DIR`` to the driver's absolute checkpoint root and torch's
    threads to its CPU share (on CPU a seed then gives the local executor's metrics bit for
-   bit, when the local run uses as many threads);
+   bit, when the local run uses as many threads), and checks that its code is the code the
+   driver planned with (the cell's ``code.*`` identity);
 2. re-checks the store and returns at once when the cell has finished meanwhile;
-3. runs ``suite.run.run_cell`` (training resumes from ``<ckpt>/<config hash>/last.pt``);
-4. right before its run would end FINISHED, checks the store again: when another run of the
-   same config hash has finished, this one ends KILLED (``suite.error`` says which run won);
-5. settles the cell: of several FINISHED runs of one hash (a race of a few milliseconds) the
-   smallest run id stays FINISHED and the others become KILLED; RUNNING leftovers of killed
-   attempts become KILLED, tagged ``suite.superseded_by``.
+3. claims the cell in the store's claims folder, which the driver names (``suite.attempts``):
+   when a live process (a worker of another sweep, a local ``suite run``) holds it, returns
+   "busy" and the driver waits for that claim to end; a dead holder's claim is taken over;
+4. runs ``suite.run.run_cell`` through a ``ClaimedTracker`` (training resumes from the
+   store's ``<checkpoints>/<store id>/<config hash>/last.pt``, re-logging the history kept
+   there; the dead attempts' RUNNING runs end KILLED, tagged ``suite.superseded_by``; right
+   before its run would end FINISHED, the store is checked once more);
+5. settles the cell: of several FINISHED runs of one hash the smallest run id stays FINISHED
+   and the others become KILLED (claims make this a backstop only).
 
 Faults: Ray reruns a task whose worker or node died (``max_retries``); an exception is retried
 by the driver up to ``SUITE_RAY_ATTEMPTS`` attempts in all (default 3), except the
@@ -42,13 +46,16 @@ import attentions
 import tasks
 from results import schema
 
+from ..attempts import ClaimedTracker, DuplicateRun, StoreHome, store_home
 from ..profiles import RESOURCES, Resources
-from ..train import Cell, NonFiniteLoss, checkpoint_dir
+from ..train import Cell, ForeignCheckpoint, NonFiniteLoss
 from .server import tracking_server
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
 DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
-NOT_RETRIED = (NonFiniteLoss, attentions.SpecError)  # deterministic: a retry fails the same way
+# deterministic: a retry fails the same way
+NOT_RETRIED = (NonFiniteLoss, attentions.SpecError, ForeignCheckpoint)
+POLL_S = 1.0  # between looks at the claims of cells that another process trains
 
 
 def cell_resources(cell: Cell) -> Resources:
@@ -62,32 +69,6 @@ def cell_resources(cell: Cell) -> Resources:
 
 
 # ---------------------------------------------------------------- the worker side
-
-
-class DuplicateRun(BaseException):
-    """Another run of the same config hash finished first. A BaseException on purpose: the
-    tracker then ends this run KILLED (not FAILED), and no ``except Exception`` swallows it."""
-
-
-class _GuardedTracker:
-    """A tracker whose runs carry the sweep's tags and end FINISHED only while no other run of
-    the config hash has finished."""
-
-    def __init__(self, tracker, config_hash: str, tags: dict[str, str]):
-        self.tracker, self.config_hash, self.tags = tracker, config_hash, tags
-        self.run_id: str | None = None
-
-    def finished(self, experiment: str, config_hash: str) -> str | None:
-        return self.tracker.finished(experiment, config_hash)
-
-    @contextlib.contextmanager
-    def run(self, experiment, name, params, tags):
-        with self.tracker.run(experiment, name, params, {**tags, **self.tags}) as log:
-            self.run_id = log.run_id
-            yield log
-            other = self.tracker.finished(experiment, self.config_hash)
-            if other:
-                raise DuplicateRun(other)
 
 
 def settle(tracker, experiment: str, config_hash: str) -> str | None:
@@ -109,33 +90,58 @@ def load_plugins(targets: list[str]) -> None:
         attentions.load_plugin(target)
 
 
-def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], threads: int,
+def check_code(cell: Cell) -> None:
+    """The worker's code must be the code the driver planned the cell with."""
+    from ..identity import code_identity
+
+    here = code_identity(cell.attention, cell.task)
+    planned = dict(cell.code)
+    if planned and here != planned:
+        diff = ", ".join(f"{k}: planned {planned.get(k)}, here {v}" for k, v in here.items()
+                         if planned.get(k) != v)
+        raise attentions.SpecError(
+            f"{cell.name}: this worker's code differs from the driver's ({diff}); install the "
+            "same checkout and plugin files on every node, and do not edit them during a sweep")
+
+
+def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], threads: int,
                   plugins: list[str]) -> dict[str, Any]:
     """One cell on a Ray worker. Returns {"status": "finished" | "skipped" | "duplicate" |
-    "failed", ...}; raises only when the worker itself breaks."""
+    "busy" | "failed", ...}; raises only when the worker itself breaks."""
     import platform
 
     import torch
 
+    from results.claims import Holder
     from results.tracking import Tracker
 
     from ..run import experiment, run_cell
 
-    os.environ["SUITE_CHECKPOINT_DIR"] = ckpt_dir
+    os.environ["SUITE_CHECKPOINT_DIR"] = str(home.checkpoints.parent)
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
     node = {schema.tag("ray_node"): platform.node()}
-    guarded = None
+    claimed = None
     try:
         load_plugins(plugins)
+        check_code(cell)
         tracker = Tracker(uri)
         done = tracker.finished(experiment(cell), cell.config_hash)
         if done:
             return {"status": "skipped", "run": done}
-        guarded = _GuardedTracker(tracker, cell.config_hash, {**tags, **node})
-        results = run_cell(cell, guarded, progress=False)
-        keep = settle(tracker, experiment(cell), cell.config_hash)
-        if keep != guarded.run_id:
+        claim = home.claims.claim(cell.config_hash, cell.name)
+        if isinstance(claim, Holder):
+            return {"status": "busy", "holder": str(claim)}
+        with claim:
+            done = tracker.finished(experiment(cell), cell.config_hash)
+            if done:
+                return {"status": "skipped", "run": done}
+            cell_dir = home.cell_dir(cell.config_hash)
+            claimed = ClaimedTracker(tracker, cell.config_hash, cell_dir, {**tags, **node},
+                                     claim.took_over)
+            results = run_cell(cell, claimed, progress=False, ckpt_dir=cell_dir)
+            keep = settle(tracker, experiment(cell), cell.config_hash)
+        if keep != claimed.run_id:
             return {"status": "duplicate", "run": keep}
         return {"status": "finished", "run": keep, "results": _plain(results),
                 "seconds": time.perf_counter() - t0}
@@ -144,7 +150,7 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
     except Exception as err:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(), "retry": not isinstance(err, NOT_RETRIED),
-                "run": guarded.run_id if guarded else None}
+                "run": claimed.run_id if claimed else None}
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -262,12 +268,13 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
 
     from ..run import experiment
 
-    ckpt = str(checkpoint_dir().resolve())
     plugins = plugins_for(cells)
+    direct = Tracker(uri)  # the store itself (its home is named by its id and place)
+    home = store_home(direct)
+    ckpt = str(home.checkpoints)
     if not schema.is_http(uri):
         # Experiments made here (one writer, before the server starts) keep their artifacts
         # beside the database, where the local executor puts them.
-        direct = Tracker(uri)
         for name in sorted({experiment(c) for c in cells}):
             direct.experiment(name)
 
@@ -290,19 +297,20 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
                   file=out, flush=True)
             print(f"leaderboard while it runs: suite leaderboard --tracking-uri {server}",
                   file=out, flush=True)
-            return _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out)
+            return _drive(ray, cells, tracker, server, home, plugins, attempts, progress, out)
     finally:
         if started:
             ray.shutdown()
 
 
-def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) -> int:
+def _drive(ray, cells, tracker, server, home, plugins, attempts, progress, out) -> int:
     from ..run import experiment, ladder
 
     sweep_id = uuid.uuid4().hex[:12]
     index = {cell.config_hash: i for i, cell in enumerate(cells, 1)}
     head = lambda cell: f"[{index[cell.config_hash]}/{len(cells)}] {cell.name}"
     pending: dict[Any, tuple[Cell, int]] = {}
+    busy: list[tuple[Cell, int]] = []  # cells another live process has claimed
 
     def submit(cell: Cell, attempt: int) -> None:
         res = cell_resources(cell)
@@ -311,23 +319,53 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
             retry_exceptions=False, name=f"cell {cell.name}")
         tags = {schema.tag("executor"): "ray", schema.SWEEP: sweep_id,
                 schema.tag("attempt"): str(attempt)}
-        ref = task.remote(cell, server, ckpt, tags, max(1, int(res.num_cpus)), plugins)
+        ref = task.remote(cell, server, home, tags, max(1, int(res.num_cpus)), plugins)
         pending[ref] = (cell, attempt)
         if progress:
             print(f"{head(cell)}: submitted (attempt {attempt}, {res.num_cpus:g} CPU, "
                   f"{res.num_gpus:g} GPU)", file=out, flush=True)
 
+    def wait_for(cell: Cell, attempt: int, holder) -> None:
+        print(f"{head(cell)}: being trained by {holder} (config {cell.config_hash}); waiting "
+              "for it", file=out, flush=True)
+        busy.append((cell, attempt))
+
+    def released() -> None:
+        """Cells whose claim has ended: skipped when finished, else submitted."""
+        for item in list(busy):
+            cell, attempt = item
+            if home.claims.holder(cell.config_hash) is not None:
+                continue
+            busy.remove(item)
+            done = tracker.finished(experiment(cell), cell.config_hash)
+            if done:
+                print(f"{head(cell)}: skipped, finished by another process (run {done})",
+                      file=out, flush=True)
+            else:
+                submit(cell, attempt)
+
     for cell in cells:
         done = tracker.finished(experiment(cell), cell.config_hash)
+        holder = None if done else home.claims.holder(cell.config_hash)
         if done:
             print(f"{head(cell)}: skipped, finished already (config {cell.config_hash}, "
                   f"run {done})", file=out, flush=True)
+        elif holder is not None:
+            wait_for(cell, 1, holder)
         else:
             submit(cell, 1)
     failed = 0
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+        while pending or busy:
+            if not pending:
+                time.sleep(POLL_S)
+                released()
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1,
+                                timeout=POLL_S if busy else None)
+            released()
+            if not ready:
+                continue
             cell, attempt = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])
@@ -338,7 +376,9 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
                 print(f"{head(cell)}: FAILED: {error}", file=out, flush=True)
                 continue
             status = result["status"]
-            if status == "finished":
+            if status == "busy":
+                wait_for(cell, attempt, result["holder"])
+            elif status == "finished":
                 print(f"{head(cell)}: done in {result['seconds']:.0f}s  "
                       f"{ladder(result['results'])}", file=out, flush=True)
             elif status in ("skipped", "duplicate"):
