@@ -1,11 +1,11 @@
 """One FINISHED run per config, whatever runs at once: a store's folders, claims, attempts.
 
-Every store has a home on the filesystem (``StoreHome``), named by the store's id (kept in the
-store, so a new store at the same path is a new home):
+Every store has a home on the filesystem (``StoreHome``), named by the store's id (taken from
+the store itself, so a store made anew at the same path is a new home):
 
-- claims: ``<store folder>/claims/<store id>/`` beside an embedded database or an offline log;
-  for a tracking server, ``<checkpoint root>/claims/<store id>/`` (a Ray cluster shares its
-  checkpoint root already);
+- claims: ``<store folder>/suite-claims/<store id>/``, beside an embedded database or an
+  offline log; for a tracking server, ``<checkpoint root>/suite-claims/<store id>/`` (a Ray
+  cluster shares its checkpoint root already);
 - checkpoints: ``<checkpoint root>/<store id>/<config hash>/``, where the root is
   ``$SUITE_CHECKPOINT_DIR``, else ``checkpoints/`` beside the database or log, else
   ``results/checkpoints`` (a tracking server). The config hash names the code as well
@@ -59,7 +59,7 @@ def store_home(tracker) -> StoreHome:
     store_id = f"store-{tracker.store_id()}"
     local = tracker.local_dir()
     root = checkpoint_root(local)
-    claims = (local or root) / "claims" / store_id
+    claims = (local or root) / "suite-claims" / store_id  # never a module name
     return StoreHome(store_id, claims.resolve(), root / store_id)
 
 
