@@ -110,18 +110,21 @@ def create_once(uri: str) -> None:
         try:
             tmp_uri = f"sqlite:///{tmp}"
             MlflowClient(tmp_uri).search_experiments(max_results=1)  # makes the tables
-            _dispose(tmp_uri)
+            _dispose(tmp_uri, forget=True)
+            _dispose(uri)  # connections this process kept to a store once at this path
             os.replace(tmp, db)
         finally:
             tmp.unlink(missing_ok=True)
 
 
-def _dispose(db_uri: str) -> None:
-    """Close MLflow's cached connections to a database file (before it is renamed)."""
+def _dispose(db_uri: str, forget: bool = False) -> None:
+    """Close MLflow's cached connections to a database (they reopen the path when used)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    with contextlib.suppress(Exception):
-        SqlAlchemyStore._engine_map.pop(db_uri).dispose()
+    engines = SqlAlchemyStore._engine_map
+    engine = engines.pop(db_uri, None) if forget else engines.get(db_uri)
+    if engine is not None:
+        engine.dispose()
 
 
 class Tracker:
@@ -167,7 +170,14 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
                 return exp.experiment_id
-            return self.client.create_experiment(name, artifact_location=_art(self.uri, name))
+            try:
+                return self.client.create_experiment(name,
+                                                     artifact_location=_art(self.uri, name))
+            except mlflow.exceptions.MlflowException:  # made by another process meanwhile
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
 
     def existing(self, experiment: str) -> str | None:
         """The id of an experiment, or None where the store has none of that name."""
