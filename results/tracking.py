@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import traceback
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,7 @@ def create_once(uri: str) -> None:
     with file_lock(db.parent / f".{db.name}.lock"):
         if db.exists():  # made by another process while this one waited
             return
-        tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
-        tmp.unlink(missing_ok=True)
+        tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex[:12]}.new")  # a URI never seen
         try:
             tmp_uri = f"sqlite:///{tmp}"
             MlflowClient(tmp_uri).search_experiments(max_results=1)  # makes the tables

@@ -1,0 +1,485 @@
+"""Every cell exactly once, from its own training, run as a user runs it: `suite run` processes
+started together on a new store and on an existing one; a `suite run` killed with SIGKILL (after
+its first checkpoint, or in its evaluation) and run again; a fresh store beside another store's
+checkpoints; a plugin edited between two runs; two budgets of one attention on the leaderboard.
+
+Faults come from the code's own hooks: a variant kills its process once its cell's checkpoint
+is on disk, another holds its first training step until the test opens a gate, so no sleep
+races the training. Processes run under ``suite.executors.guard`` (they die with pytest) and
+every wait is bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from results.leaderboard import build
+from results.offline import JsonlTracker
+from results.offline import read as offline_read
+from suite.cli import main
+from suite.identity import source_files, suite_code, tree_code
+from suite.run import plan
+
+from .conftest import ROOT, runs
+
+STEPS = 24  # smoke cells of 24 steps checkpoint every 6: a kill after the first is mid-training
+TIMING = {"train_seconds", "tokens_per_s", "resumed_from"}  # differ between attempts
+
+FAULTS = '''
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+import attentions
+
+
+def _once(folder, name):
+    """True exactly once per folder and name (an O_EXCL marker)."""
+    try:
+        os.close(os.open(Path(folder) / name, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+@attentions.register("kill_test")
+class KillsItsProcess(attentions.Attention):
+    """softmax whose process kills itself (SIGKILL) once, when <checkpoints>/kill exists:
+    right after its cell's first checkpoint, or, when that file names a step, in the evaluation
+    after the checkpoint of that step (the end of training)."""
+
+    def normalizer(self):
+        return attentions.Normalizer("softmax")
+
+    def forward(self, q, k, v, x=None, bias=None, causal=True):
+        root = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+        last = sorted(root.glob("store-*/*/last.pt"))
+        if (root / "kill").exists() and last and not (root / "killed").exists():
+            at = (root / "kill").read_text().strip()
+            due = not at or (not self.training and
+                             torch.load(last[0], weights_only=False)["step"] == int(at))
+            if due and _once(root, "killed"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(q, k, v, x=x, bias=bias, causal=causal)
+
+
+@attentions.register("gate_test")
+class WaitsAtTheGate(attentions.Attention):
+    """softmax whose first step (in any process) writes $SUITE_TEST_GATE/holding and waits
+    until $SUITE_TEST_GATE/open exists."""
+
+    def normalizer(self):
+        return attentions.Normalizer("softmax")
+
+    def forward(self, q, k, v, x=None, bias=None, causal=True):
+        gate = Path(os.environ["SUITE_TEST_GATE"])
+        if _once(gate, "holding"):
+            deadline = time.monotonic() + 120
+            while not (gate / "open").exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the test never opened the gate")
+                time.sleep(0.05)
+        return super().forward(q, k, v, x=x, bias=bias, causal=causal)
+'''
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plugin") / "faults.py"
+    path.write_text(FAULTS)
+    return path
+
+
+@pytest.fixture
+def registered(faults):
+    """The fault variants registered in this process too (to plan cells and name hashes)."""
+    from attentions import REGISTRY, load_plugin
+
+    load_plugin(str(faults))
+    yield faults
+    for name in ("kill_test", "gate_test"):
+        REGISTRY.unregister(name)
+
+
+def environment(**more) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in more.items()}}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+class Suite:
+    """`suite ARGS...` in a process of its own under the guard, its output read by line."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict):
+        self.guard = subprocess.Popen(
+            [sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
+             sys.executable, "-m", "suite", *argv],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.text: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.guard.stdout:
+            self.text.append(line)
+            self.lines.put(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.text)
+
+    def pid(self, timeout: float = 10) -> int:
+        """The `suite` process (the guard's child)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.guard.pid:
+                        return int(entry.name)
+            time.sleep(0.05)
+        raise AssertionError("the suite process did not start")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.guard.poll() is None, self.out[-3000:]
+                continue
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}:\n{self.out[-3000:]}")
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.guard.wait(timeout)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.guard.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.guard.pid, signal.SIGKILL)
+            self.guard.wait(30)
+
+
+def run_suite(argv, cwd, env, timeout: float = 240) -> tuple[int, str]:
+    proc = Suite(argv, cwd, env)
+    return proc.wait(timeout), proc.out
+
+
+def by_config(uri: str, experiment: str = "flip_flop") -> dict[str, list]:
+    found: dict[str, list] = {}
+    for run in runs(uri, experiment):
+        found.setdefault(run.data.tags["suite.config_hash"], []).append(run)
+    return found
+
+
+def exactly_once(found: dict[str, list]) -> dict[str, object]:
+    """The one FINISHED run per config, asserting that no config has two and none is left
+    RUNNING."""
+    statuses = {h: Counter(r.info.status for r in rs) for h, rs in found.items()}
+    for h, count in statuses.items():
+        assert count["FINISHED"] == 1 and count["RUNNING"] == 0, (h, count)
+    return {h: next(r for r in rs if r.info.status == "FINISHED") for h, rs in found.items()}
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+SMOKE = ["run", "--profile", "smoke", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_train_every_cell_once(tmp_path, registered):
+    """Two `suite run` started together on a brand-new store, then two on that store again with
+    a cell that one of them holds while the other waits for it."""
+    env = environment(SUITE_TEST_GATE=tmp_path / "gate")
+    (tmp_path / "gate").mkdir()
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    argv = [*SMOKE, "--attention", "softmax", "--attention", "entmax", "--seeds", "2"]
+    first = [Suite(argv, tmp_path, env) for _ in range(2)]  # at once, on no store yet
+    codes = [p.wait() for p in first]
+    assert codes == [0, 0], "\n".join(p.out[-2000:] for p in first)
+    done = exactly_once(by_config(uri))
+    assert len(done) == 4
+    assert sum(p.out.count(": done in") for p in first) == 4  # each cell trained once
+
+    argv = [*SMOKE, "--attention", "softmax", "--attention", "entmax", "--attention",
+            "gate_test", "--plugin", str(registered)]
+    holder = Suite(argv, tmp_path, env)
+    try:
+        holding = tmp_path / "gate" / "holding"
+        deadline = time.monotonic() + 120
+        while not holding.exists():  # the holder is inside the gate cell's first step
+            assert holder.guard.poll() is None, holder.out[-3000:]
+            assert time.monotonic() < deadline, "the gate cell never started"
+            time.sleep(0.1)
+        waiter = Suite(argv, tmp_path, env)
+        waiter.wait_for(rf"gate_test .*: being trained by pid {holder.pid()} on ", 120)
+        waiter.wait_for(r"waiting for 1 cell\(s\) that other processes train", 60)
+        (tmp_path / "gate" / "open").touch()
+        assert waiter.wait() == 0, waiter.out[-3000:]
+        assert holder.wait() == 0, holder.out[-3000:]
+    finally:
+        holder.stop()
+    assert re.search(r"gate_test .*: skipped, finished by another process", waiter.out)
+    assert waiter.out.count("skipped, finished already") == 2
+    assert re.search(r"gate_test .*: done in", holder.out)
+    assert len(exactly_once(by_config(uri))) == 5
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_offline_log(tmp_path, registered):
+    """The offline log follows the same rules: the cell one process holds, the other waits
+    for and skips; one FINISHED run."""
+    (tmp_path / "gate").mkdir()
+    env = environment(SUITE_TEST_GATE=tmp_path / "gate")
+    log = tmp_path / "gpu" / "runs.jsonl"
+    argv = [*SMOKE, "--attention", "gate_test", "--plugin", str(registered),
+            "--tracking-uri", f"jsonl:{log}"]
+    holder = Suite(argv, tmp_path, env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "gate" / "holding").exists():
+            assert holder.guard.poll() is None, holder.out[-3000:]
+            assert time.monotonic() < deadline, "the gate cell never started"
+            time.sleep(0.1)
+        waiter = Suite(argv, tmp_path, env)
+        waiter.wait_for(rf"being trained by pid {holder.pid()} on ", 120)
+        (tmp_path / "gate" / "open").touch()
+        assert waiter.wait() == 0, waiter.out[-3000:]
+        assert holder.wait() == 0, holder.out[-3000:]
+    finally:
+        holder.stop()
+    assert "skipped, finished by another process" in waiter.out
+    tracker = JsonlTracker(f"jsonl:{log}")
+    (cell,) = plan(["gate_test"], None, "smoke", 1, "cpu")
+    assert len(tracker.runs("flip_flop", cell.config_hash)) == 1
+    assert tracker.finished("flip_flop", cell.config_hash)
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, faults):
+    """The kill_test cell run without a fault, in a store of its own: the numbers to match."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    env = environment(SUITE_CHECKPOINT_DIR=root / "ckpt")
+    code, out = run_suite([*SMOKE, "--attention", "kill_test", "--plugin", str(faults),
+                           "--steps", str(STEPS)], root, env)
+    assert code == 0, out[-3000:]
+    uri = f"sqlite:///{root}/results/mlflow.db"
+    (run,) = exactly_once(by_config(uri)).values()
+    return uri, run
+
+
+def series(uri, run, keys=("train_loss", "lr", "val_exact_match", "val_token_acc")) -> dict:
+    return {k: history(uri, run.info.run_id, k) for k in keys}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment,store", [("checkpoint", "sqlite"), ("evaluation", "jsonl")])
+def test_kill_9_then_rerun(tmp_path, faults, uninterrupted, moment, store):
+    """A `suite run` killed with SIGKILL (right after its cell's first checkpoint, or in the
+    evaluation after its training), then run again: one FINISHED run with the whole history
+    and the numbers of an uninterrupted run; the killed attempt ends KILLED."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "kill").write_text("" if moment == "checkpoint" else str(STEPS))
+    env = environment(SUITE_CHECKPOINT_DIR=ckpt)
+    log = tmp_path / "runs.jsonl"
+    where = ["--tracking-uri", f"jsonl:{log}"] if store == "jsonl" else []
+    argv = [*SMOKE, "--attention", "kill_test", "--plugin", str(faults), "--steps", str(STEPS),
+            *where]
+    code, out = run_suite(argv, tmp_path, env)
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert (ckpt / "killed").exists()
+    code, out = run_suite(argv, tmp_path, env)  # the same command again
+    assert code == 0, out[-3000:]
+    assert re.search(r"the interrupted attempt \w+ is marked KILLED", out)
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    if store == "jsonl":  # the log itself: the killed attempt ended KILLED by its successor
+        tracker = JsonlTracker(f"jsonl:{log}")
+        (killed_id,) = tracker.runs("flip_flop", status="KILLED")
+        (finished_id,) = tracker.runs("flip_flop", status="FINISHED")
+        assert not tracker.runs("flip_flop", status="RUNNING")
+        assert [rec["tags"]["suite.superseded_by"] for rec in offline_read(log)
+                if rec["event"] == "end" and rec["run"] == killed_id] == [finished_id]
+        assert main(["import", str(log), "--tracking-uri", uri]) == 0
+    found = by_config(uri)
+    (done,) = exactly_once(found).values()
+    (killed,) = [r for rs in found.values() for r in rs if r.info.status != "FINISHED"]
+    assert killed.info.status == "KILLED"
+    if store == "sqlite":
+        assert killed.data.tags["suite.superseded_by"] == done.info.run_id
+    assert killed.data.tags["suite.error"].startswith("interrupted: its process ended")
+    assert done.data.metrics["resumed_from"] == (6 if moment == "checkpoint" else STEPS)
+    want_uri, want = uninterrupted
+    assert done.data.tags["suite.config_hash"] == want.data.tags["suite.config_hash"]
+    got_series, want_series = series(uri, done), series(want_uri, want)
+    assert [s for s, _ in got_series["train_loss"]] == [10, 20, 24]  # from step 0 on
+    assert [s for s, _ in got_series["val_exact_match"]] == [6, 12, 18, 24]
+    assert got_series == want_series  # the whole history, value for value
+    numbers = lambda r: {k: v for k, v in r.data.metrics.items() if k not in TIMING}  # noqa
+    assert numbers(done) == numbers(want)  # final loss, best step, every length: the same
+    assert not (ckpt / done.data.tags["suite.config_hash"]).exists()
+    assert not list(ckpt.glob("store-*/*/last.pt"))  # finished: nothing resumes from it
+
+
+# ----------------------------------------------------------------------------- stores, code
+
+FLAKY = '''
+import os
+from pathlib import Path
+
+import attentions
+
+
+@attentions.register("fails_once_test")
+class FailsOnce(attentions.Attention):
+    """softmax that raises once, after its cell's first checkpoint."""
+
+    def normalizer(self):
+        return attentions.Normalizer("softmax")
+
+    def forward(self, q, k, v, x=None, bias=None, causal=True):
+        root = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+        if list(root.glob("store-*/*/last.pt")) and not (root / "failed").exists():
+            (root / "failed").touch()
+            raise RuntimeError("a fault after the first checkpoint")
+        return super().forward(q, k, v, x=x, bias=bias, causal=causal)
+'''
+
+
+def test_a_fresh_store_trains_from_step_0(tmp_path, monkeypatch, capsys):
+    """Two stores share one checkpoint root; the first leaves a checkpoint of an unfinished
+    cell; the second store, and a store made anew at the first one's path, train that config
+    from step 0. The config hash names the plugin's code."""
+    from attentions import REGISTRY
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "shared-ckpt"
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(ckpt))
+    plugin = tmp_path / "flaky.py"
+    plugin.write_text(FLAKY)
+    a, b = f"sqlite:///{tmp_path}/a/mlflow.db", f"sqlite:///{tmp_path}/b/mlflow.db"
+    argv = ["run", "--profile", "smoke", "--attention", "fails_once_test", "--plugin",
+            str(plugin), "--no-progress"]
+    try:
+        assert main([*argv, "--tracking-uri", a]) == 1  # FAILED after its first checkpoint
+        (left,) = ckpt.glob("store-*/*/last.pt")
+        (failed,) = runs(a)
+        assert failed.info.status == "FAILED"
+        assert left.parent.name == failed.data.tags["suite.config_hash"]
+        assert failed.data.params["code.attention"] not in ("builtin", "")
+        assert main([*argv, "--tracking-uri", b]) == 0
+        (run_b,) = runs(b)
+        assert run_b.data.metrics["resumed_from"] == 0  # not the other store's step 6
+        assert [s for s, _ in history(b, run_b.info.run_id, "train_loss")] == [10, 12]
+        shutil.rmtree(tmp_path / "a")  # the store at a's path, made anew
+        assert main([*argv, "--tracking-uri", a]) == 0
+        (run_a,) = runs(a)
+        assert run_a.data.metrics["resumed_from"] == 0
+        assert left.exists()  # the old store's checkpoint, never read
+        assert len(list(ckpt.glob("store-*"))) == 3  # one folder per store
+    finally:
+        REGISTRY.unregister("fails_once_test")
+
+
+RELU = '''
+import attentions
+
+
+@attentions.register("relu_edit_test")
+def relu(q, k, v, *, causal, bias):
+    """relu attention, version {version}."""
+    z = (q @ k.transpose(-1, -2)).relu() ** {power}
+    return (z.tril() if causal else z) @ v / q.shape[2]
+'''
+
+
+@pytest.mark.slow
+def test_an_edited_plugin_trains_again_and_ranks_apart(tmp_path):
+    plugin = tmp_path / "relu.py"
+    env = environment()
+    argv = [*SMOKE, "--attention", "relu_edit_test", "--plugin", str(plugin)]
+    outs = []
+    for version, power in ((1, 1), (2, 2)):
+        plugin.write_text(RELU.format(version=version, power=power))
+        code, out = run_suite(argv, tmp_path, env)
+        assert code == 0, out[-3000:]
+        outs.append(out)
+    assert "skipped" not in outs[1] and ": done in" in outs[1]  # trained again
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    done = exactly_once(by_config(uri))
+    assert len(done) == 2
+    codes = sorted(r.data.params["code.attention"] for r in done.values())
+    assert codes[0] != codes[1] and {r.data.params["code.suite"] for r in done.values()} == \
+        {suite_code()}
+    tab, text = build(uri)
+    labels = sorted(tab["attention"].unique().to_list())
+    assert labels == sorted(f"relu_edit_test [code.attention={c[:8]}]" for c in codes)
+    assert all(label in text for label in labels)
+
+
+def test_the_code_identity_follows_the_sources_not_the_docs(tmp_path):
+    tree = tmp_path / "tree"
+    for name in ("attentions", "tasks", "suite"):
+        shutil.copytree(ROOT / name, tree / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    assert tree_code(tree) == suite_code()
+    names = [name for name, _ in source_files(tree)]
+    assert "attentions/backends/numba_kernels.py" in names and "suite/train.py" in names
+    assert "suite/cli.py" not in names
+    notes = tree / "attentions" / "backends" / "NUMBA_NOTES.md"
+    notes.write_text(notes.read_text() + "\nA note.\n")
+    (tree / "suite" / "cli.py").write_text("# the command line changes no result\n")
+    assert tree_code(tree) == suite_code()
+    kernel = tree / "attentions" / "backends" / "numba_kernels.py"
+    kernel.write_text(kernel.read_text() + "\n# a changed kernel\n")
+    assert tree_code(tree) != suite_code()
+    (cell,) = plan(["entmax"], None, "smoke", 1, "cpu")
+    assert cell.config()["code.suite"] == suite_code()
+    assert cell.config()["code.attention"] == cell.config()["code.task"] == "builtin"
+
+
+def test_the_leaderboard_never_mixes_budgets(store, capsys):
+    """Seeds 0 and 1 at the default 12 steps, seed 0 again at 24: two rows, each saying its
+    budget, never one row of 'seeds=2' averaging both."""
+    base = ["run", "--profile", "smoke", "--attention", "softmax", "--tracking-uri", store,
+            "--no-progress"]
+    assert main([*base, "--seeds", "2"]) == 0
+    assert main([*base, "--steps", "24"]) == 0
+    tab, text = build(store)
+    rows = {(r["attention"], r["length"]): r for r in tab.iter_rows(named=True)}
+    assert {a for a, _ in rows} == {"softmax [steps=12]", "softmax [steps=24]"}
+    assert {r["seeds"] for (a, _), r in rows.items() if a.endswith("12]")} == {2}
+    assert {r["seeds"] for (a, _), r in rows.items() if a.endswith("24]")} == {1}
+    (long,) = [r for r in runs(store) if r.data.params["train.steps"] == "24"]
+    for (att, n), row in rows.items():
+        if att.endswith("24]"):
+            assert row["exact_match_mean"] == long.data.metrics[f"exact_match_L{n}"]
+    assert "softmax [steps=24]" in text and "softmax [steps=12]" in text
