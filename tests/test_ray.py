@@ -1,7 +1,8 @@
 """The Ray executor on a real local Ray cluster (2 CPUs): a smoke sweep gives the local
 executor's metrics exactly; a worker killed mid-cell is retried and resumes from its
 checkpoint; a driver killed with ``kill -9`` mid-sweep (with its whole Ray cluster) loses
-nothing, and the same command run again finishes every cell exactly once. The kills happen at
+nothing, and the same command run again finishes every cell exactly once; a cell that a local
+`suite run` holds, the driver waits for and skips. The kills happen at
 the code's own checkpoints (variants that act in the training step, see ``FAULTS``), never by
 a poll loop racing the training. Every process a test starts is stopped by its id, with
 bounded waits."""
@@ -460,3 +461,57 @@ def test_exceptions_are_retried_then_recorded_failed(cluster, tmp_path, monkeypa
     assert sorted(r.info.status for r in flaky) == ["FAILED", "FINISHED"]
     failed = next(r for r in flaky if r.info.status == "FAILED")
     assert failed.data.tags["suite.error"] == "RuntimeError: a transient fault"
+
+
+def test_a_cell_another_process_holds_is_waited_for(cluster, tmp_path, monkeypatch):
+    """A local `suite run` holds a cell (its first step waits at a gate) when a Ray sweep on the
+    same store reaches it: the driver says who holds it and waits, and once the holder has
+    finished, skips it. One FINISHED run."""
+    from attentions import REGISTRY, load_plugin
+
+    from .test_exactly_once import FAULTS as HOLDS
+    from .test_exactly_once import Suite, environment
+
+    monkeypatch.chdir(tmp_path)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    plugin = tmp_path / "holds.py"
+    plugin.write_text(HOLDS)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("SUITE_TEST_GATE", str(gate))
+    holder = Suite(["run", "--profile", "smoke", "--attention", "gate_test", "--plugin",
+                    str(plugin), "--tracking-uri", uri, "--no-progress"], tmp_path,
+                   environment())
+    load_plugin(str(plugin))
+    try:
+        deadline = time.monotonic() + 120
+        while not (gate / "holding").exists():
+            assert holder.guard.poll() is None, holder.out[-3000:]
+            assert time.monotonic() < deadline, "the gate cell never started"
+            time.sleep(0.1)
+        pid = holder.pid()
+        cells = plan(["gate_test"], None, "smoke", 1, "cpu")
+        out = io.StringIO()
+
+        def open_gate():  # once the driver has said that it waits
+            deadline = time.monotonic() + 120
+            while "being trained by pid" not in out.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (gate / "open").touch()
+
+        opener = threading.Thread(target=open_gate, daemon=True)
+        opener.start()
+        assert sweep_ray(cells, uri, cluster.address, progress=False, out=out) == 0
+        opener.join(10)
+        assert holder.wait() == 0, holder.out[-3000:]
+    finally:
+        holder.stop()
+        for name in ("kill_test", "gate_test"):
+            REGISTRY.unregister(name)
+    text = out.getvalue()
+    assert f"being trained by pid {pid} on " in text, text
+    assert "skipped, finished by another process" in text
+    (runs,) = finished_runs(uri).values()
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert "suite.executor" not in runs[0].data.tags  # the local process trained it
