@@ -34,7 +34,8 @@ from .version import __version__
 
 
 def checkpoint_dir() -> Path:
-    """Where cells keep their checkpoints: $SUITE_CHECKPOINT_DIR, else results/checkpoints."""
+    """Where ``train`` keeps a cell's checkpoints when given no folder: $SUITE_CHECKPOINT_DIR,
+    else results/checkpoints (a sweep gives its store's, ``suite.attempts``)."""
     return Path(os.environ.get("SUITE_CHECKPOINT_DIR") or Path("results") / "checkpoints")
 
 

@@ -28,7 +28,7 @@ def _claim_once(folder, barrier, out) -> None:
     barrier.wait(timeout=60)
     got = C.Claims(folder).claim(KEY, "race")
     out.put(("won", os.getpid()) if isinstance(got, C.Claim) else ("lost", got.pid))
-    time.sleep(0.5 if isinstance(got, C.Claim) else 0)  # the winner stays alive a moment
+    barrier.wait(timeout=60)  # every process alive until all have claimed
 
 
 def test_of_processes_claiming_at_once_exactly_one_wins(tmp_path):
