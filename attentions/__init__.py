@@ -1,4 +1,4 @@
-"""Attention variants behind one registry (see DESIGN.md, "Attentions").
+"""Attention variants behind one registry (docs/design.md, "Attentions").
 
     import attentions
     attentions.names()                      # registered variant names
@@ -12,6 +12,7 @@ from .api import (  # noqa: F401
     backends,
     build,
     canonical_spec,
+    check_output,
     config,
     describe,
     get,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,6 +37,10 @@ for _name in ("mlflow.store.db.utils", "alembic"):
 from .offline import HASH_TAG  # noqa: E402,F401
 
 DEFAULT_DIR = Path("results")
+#: the experiment tag the MLflow UI reads to open an experiment in its model-training view
+#: (not the GenAI one), and the tag it shows as an experiment's or a run's description
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 
 
 class TrackingError(RuntimeError):
@@ -74,8 +79,30 @@ def probe_http(uri: str, timeout: float = 5.0) -> None:
 
 
 def default_uri() -> str:
-    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def check_writable(uri: str) -> None:
+    """An embedded store's directory (and its database, artifact folder) must be writable:
+    a file is created and removed there, so a read-only place fails now and says so, instead
+    of after SQLite's retries."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    fix = ("pass a --tracking-uri in a directory you can write to, or run from one "
+           "(the default store is results/mlflow.db under the current directory)")
+    for directory in (db.parent, db.parent / "mlartifacts"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".suite-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            why = "permission denied" if isinstance(err, PermissionError) else err.strerror
+            raise TrackingError(f"the store directory {directory} is not writable ({why}); "
+                                f"{fix}") from None
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise TrackingError(f"the store {db} is not writable (permission denied); {fix}")
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -93,17 +120,30 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_uri(uri)
         probe_http(self.uri)
+        check_writable(self.uri)
         with store_errors(self.uri, "open"):
             mlflow.set_tracking_uri(self.uri)
             self.client = MlflowClient(self.uri)
             self.client.search_experiments(max_results=1)
 
-    def experiment(self, name: str) -> str:
+    def experiment(self, name: str, description: str | None = None) -> str:
+        """The experiment's id, created if new; tagged for the UI's model-training view and,
+        given one, with its description (what its runs and their step axis mean)."""
         with store_errors(self.uri, "write to"):
             exp = self.client.get_experiment_by_name(name)
-            if exp is not None:
-                return exp.experiment_id
-            return self.client.create_experiment(name, artifact_location=_art(self.uri, name))
+            if exp is None:
+                exp_id = self.client.create_experiment(name,
+                                                       artifact_location=_art(self.uri, name))
+                tags = {}
+            else:
+                exp_id, tags = exp.experiment_id, exp.tags
+            wanted = {KIND_TAG: MODEL_TRAINING}
+            if description:
+                wanted[NOTE_TAG] = description
+            for key, value in wanted.items():
+                if tags.get(key) != value:
+                    self.client.set_experiment_tag(exp_id, key, value)
+            return exp_id
 
     def finished(self, experiment: str, config_hash: str) -> str | None:
         """The id of a FINISHED run with this config hash, if any."""
@@ -138,10 +178,11 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, experiment: str, name: str, params: Mapping[str, Any],
-            tags: Mapping[str, str]) -> Iterator[RunLog]:
+            tags: Mapping[str, str], description: str | None = None) -> Iterator[RunLog]:
         """A run that ends FINISHED when the block completes, FAILED (with the error as a tag
-        and error.txt) when it raises, KILLED on Ctrl-C; never FINISHED after an error."""
-        exp_id = self.experiment(experiment)
+        and error.txt) when it raises, KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt or
+        SystemExit); never FINISHED after an error."""
+        exp_id = self.experiment(experiment, description)
         with store_errors(self.uri, "write to"):
             run = self.client.create_run(exp_id, run_name=name, tags=dict(tags))
         log = RunLog(self.client, run.info.run_id)
@@ -195,6 +236,23 @@ class RunLog:
 
     def dict(self, obj: Any, name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)
+
+    def table(self, columns: Mapping[str, list], name: str) -> None:
+        """A table artifact the UI shows as a table (columns of equal length)."""
+        self.client.log_table(self.run_id, dict(columns), name)
+
+    def dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any],
+                context: str = "train") -> None:
+        """A dataset input of the run (the UI's Dataset column): a generated task has no file,
+        so its source is the generator and its digest the spec and data version."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest, source_type="code", source=source,
+                     profile=json.dumps(dict(profile), default=str))
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def _art(uri: str, name: str) -> str | None:
