@@ -108,13 +108,13 @@ def score(values: dict[int, float], train_length: int, metric: str = "exact_matc
 
 
 def score_caption(metric: str, lengths: list[int], train_length: int) -> str:
-    beyond = [n for n in lengths if n > train_length] or lengths
-    span = f"{beyond[0]}" if len(beyond) == 1 else f"{beyond[0]}-{beyond[-1]}"
+    beyond = [n for n in lengths if n > train_length]
+    over = beyond or lengths
+    span = f"{over[0]}" if len(over) == 1 else f"{over[0]}-{over[-1]}"
     name = LABEL[metric].split(" %")[0].split(" (")[0]
-    where = "beyond the training length" if beyond[0] > train_length else "at every length"
-    tie = (", ties broken by mean token accuracy there" if metric != "perplexity" else "")
-    order = "lowest first" if metric in LOWER_IS_BETTER else "best first"
-    return f"ranked by score = mean {name} {where} ({span}){tie}, {order}"
+    where = "beyond training" if beyond else "every length"
+    tail = "; ties: mean token accuracy there" if metric != "perplexity" else ", lowest first"
+    return f"rank: score = mean {name} at {span} ({where}){tail}"
 
 
 def ranking(part: pl.DataFrame) -> list[tuple[str, float | None, float | None]]:
@@ -212,7 +212,7 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
         metric, heads, rows, caption = grid(part)
         out += [f"{task}: {LABEL[metric]}; mean±std over seeds; training length "
                 f"{_train_length(part)}",
-                f"  {caption}; * best per column (none where all are 0)",
+                f"{caption}; * best per column (none where all are 0)",
                 *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
                 ""]
     for title, heads, rows in speed_views(speed):
