@@ -53,12 +53,14 @@ def ui_cmd(args) -> int:
         _print_tasks(ui, tracker, tracker.uri)
         return 0
     base = f"http://{ui.HOST}:{args.port}"
-    proc = ui.start(tracker.uri, args.port)
+    log_path = ui.log_path(tracker.uri)
+    proc = ui.start(tracker.uri, args.port, log=open(log_path, "a"))  # noqa: SIM115
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui.wait_ready(proc, base)
-        print(f"MLflow UI over {tracker.uri} (mlflow server pid {proc.pid})", flush=True)
+        print(f"MLflow UI over {tracker.uri} (mlflow server pid {proc.pid}, its log "
+              f"{log_path})", flush=True)
         print(("leaderboard run: " if found else "no leaderboard run yet (run `suite "
                "leaderboard`); experiments: ") + ui.run_url(base, found), flush=True)
         _print_tasks(ui, tracker, base)

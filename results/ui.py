@@ -75,13 +75,31 @@ def model_training_view(tracker) -> None:
                 tracker.client.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
 
 
+APP = "suite-ui"  # results/ui_app.py: MLflow's app, opening in the model-training view
+
+
+def _app_installed() -> bool:
+    import importlib.metadata
+
+    return any(ep.name == APP for ep in importlib.metadata.entry_points(group="mlflow.app"))
+
+
 def server_command(uri: str, port: int, workers: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", HOST, "--port", str(port), "--workers", str(workers)]
+    if _app_installed():
+        cmd += ["--app-name", APP]
     if uri.startswith("sqlite:///"):
         root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         cmd += ["--artifacts-destination", str(root.resolve())]
     return cmd
+
+
+def log_path(uri: str) -> Path:
+    """Where the server's own output goes: beside an embedded store, else results/."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlflow-ui.log"
+    return Path("results") / "mlflow-ui.log"
 
 
 def port_free(port: int) -> bool:
