@@ -33,11 +33,11 @@ class JsonlTracker:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
         except OSError as err:
-            from attentions.spec import SpecError
+            from .errors import TrackingError, reason
 
-            why = "permission denied" if isinstance(err, PermissionError) else err.strerror
-            raise SpecError(f"--tracking-uri {uri}: cannot write {self.path} ({why}); give a "
-                            "path in a directory you can write to") from None
+            raise TrackingError(f"--tracking-uri {uri}: cannot write {self.path} "
+                                f"({reason(err)}); give a path in a directory you can write "
+                                "to") from None
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as f:

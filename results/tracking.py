@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+from .errors import TrackingError, reason  # noqa: E402,F401
 from .offline import HASH_TAG  # noqa: E402,F401
 
 DEFAULT_DIR = Path("results")
@@ -41,10 +42,6 @@ DEFAULT_DIR = Path("results")
 #: (not the GenAI one), and the tag it shows as an experiment's or a run's description
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
-
-
-class TrackingError(RuntimeError):
-    """The store cannot be reached or read."""
 
 
 HINT = ("Start the server or pass a reachable --tracking-uri (or unset MLFLOW_TRACKING_URI to "
@@ -98,8 +95,8 @@ def check_writable(uri: str) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            why = "permission denied" if isinstance(err, PermissionError) else err.strerror
-            raise TrackingError(f"the store directory {directory} is not writable ({why}); "
+            raise TrackingError(f"the store directory {directory} is not writable "
+                                f"({reason(err)}); "
                                 f"{fix}") from None
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
         raise TrackingError(f"the store {db} is not writable (permission denied); {fix}")

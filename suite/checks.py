@@ -51,8 +51,8 @@ def writable(directory: Path, what: str, fix: str) -> Path:
         raise SpecError(f"{what} {directory.resolve()} is not writable (permission denied); "
                         f"{fix}") from None
     except OSError as err:
-        raise SpecError(f"{what} {directory.resolve()} cannot be written ({err.strerror}); "
-                        f"{fix}") from None
+        raise SpecError(f"{what} {directory.resolve()} is not writable "
+                        f"({str(err.strerror).lower()}); {fix}") from None
     return directory
 
 
@@ -119,10 +119,11 @@ def _backend(spec: str, backend: str, device: str, pe: str) -> None:
     """A forced backend must run this variant on this device with this position bias."""
     if backend == "auto" or device not in ("cpu", "cuda"):
         return  # auto always finds one; a Ray sweep's `auto` device is the cluster's to pick
+    import importlib
+
     import torch
 
-    from attentions import backends
-
+    backends = importlib.import_module("attentions.backends")  # the package, not the function
     attn = attentions.build(spec, n_heads=2, head_dim=4)
     try:
         norm = attn.normalizer()

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + INTERRUPTED.get(args.command, "suite: interrupted"), file=sys.stderr)
         return 130
     except RuntimeError as err:
-        from results.tracking import TrackingError
+        from results.errors import TrackingError
 
         if isinstance(err, TrackingError):
             print(f"suite: error: {err}", file=sys.stderr)
