@@ -5,6 +5,7 @@ takes minutes here, so the generous time bound below proves "refused before trai
 store is checked for runs too. Ctrl-C and SIGTERM are real signals to real processes."""
 
 import os
+import queue
 import re
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -271,18 +273,22 @@ def test_import_of_a_cut_log_takes_every_complete_run(tmp_path):
 # ----------------------------------------------------------------------------- signals
 
 def wait_for_line(proc, pattern: str, timeout: float = 180.0) -> str:
-    deadline = time.monotonic() + timeout
-    out = ""
-    os.set_blocking(proc.stdout.fileno(), False)
+    """Read the process's stdout (in a thread) until a line matches; returns what was read."""
+    if not hasattr(proc, "lines"):
+        proc.lines = queue.Queue()
+        threading.Thread(target=lambda: [proc.lines.put(x) for x in proc.stdout],
+                         daemon=True).start()
+    deadline, out = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            out += chunk
-            if re.search(pattern, out):
-                return out
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.2)
+        try:
+            line = proc.lines.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        out += line
+        if re.search(pattern, line):
+            return out
     raise AssertionError(f"no {pattern!r} in {out[-2000:]!r}")
 
 
