@@ -86,9 +86,21 @@ class Attention(nn.Module):
         q = self.scale_q(q, x)
         norm = self.normalizer()
         size = (*q.shape[:3], k.shape[2])  # (B, H, T, S)
-        kernel = backends.resolve(self.backend, norm, q.device, bias, size)
+        kernel = self._kernel(norm, q.device, bias, size)
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
         return kernel.attention(q, k, v, norm=norm, causal=causal, bias=bias, sm_scale=sm_scale)
+
+    def _kernel(self, norm, device, bias, size):
+        """The backend for this call. Resolution is Python bookkeeping (imports, caches) that a
+        compiler should not trace: under ``torch.compile`` the choice of the last eager call is
+        reused (the training step makes one eager call before it compiles)."""
+        if torch.compiler.is_compiling():
+            kernel = self.__dict__.get("_last_kernel")
+            if kernel is not None:
+                return kernel
+        kernel = backends.resolve(self.backend, norm, device, bias, size)
+        self.__dict__["_last_kernel"] = kernel
+        return kernel
 
     def extra_repr(self) -> str:
         return f"{self.spec}, heads={self.n_heads}, backend={self.backend}"

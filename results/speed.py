@@ -30,9 +30,13 @@ def metric_key(row: Mapping[str, Any]) -> str:
     return "median_ms." + re.sub(r"[^0-9A-Za-z_.-]+", "_", f"{row['impl']}.{row['pass']}")
 
 
-def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None) -> str:
+def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None,
+              kind: str = "bench") -> str:
     """Store one `suite bench` run; returns its run id. If the store fails, the rows are kept
-    in ``results/bench-unlogged-<time>.json`` and the error names that file and the URI."""
+    in ``results/bench-unlogged-<time>.json`` and the error names that file and the URI.
+    ``kind`` "bench" is the kernel table (experiment ``bench``, read back by ``records``);
+    "bench_train" the training-throughput table of `suite bench --train` (its own
+    experiment)."""
     from .gitinfo import git_state
     from .tracking import Tracker, TrackingError
 
@@ -40,9 +44,14 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
     try:
         tracker = Tracker(tracking_uri)
         device = str(rows[0].get("device", "")) if rows else ""
-        tags = {"suite.kind": "bench", "suite.device": device,
+        tags = {"suite.kind": kind, "suite.device": device,
                 **{f"suite.{k}": v for k, v in git_state().items()}}
-        with tracker.run(EXPERIMENT, f"bench | {device}", {"rows": len(rows)}, tags) as log:
+        about = (f"`suite bench{' --train' if kind == 'bench_train' else ''}` runs, one per "
+                 "measurement, named by device. The rows are the table bench_table.json; the "
+                 "metrics are median times per implementation and pass, with the sequence "
+                 "length as the step (the chart view draws them against length).")
+        with tracker.run(kind, f"{kind} | {device}", {"rows": len(rows)}, tags,
+                         description=about) as log:
             for row in rows:
                 log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
             tracker.client.log_table(log.run_id, _columns(rows), TABLE)

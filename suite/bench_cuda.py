@@ -1,12 +1,16 @@
-"""GPU benchmark of fused sparse attention against softmax flash: ``python -m suite.bench_cuda``.
+"""GPU benchmark of fused sparse attention against softmax: ``python -m suite.bench_cuda``.
 
 One run times, on the current CUDA device, causal attention with bf16 Gaussian q, k, v,
 B=2, H=16, D=64 (B=1 and forward only at T=65536):
 
-- ``sdpa_flash``: softmax ``scaled_dot_product_attention`` forced to the FLASH backend (the
-  baseline of every ratio);
+- ``sdpa``: softmax ``scaled_dot_product_attention`` with its own backend choice (cuDNN
+  attention on an H100/H200 with a recent torch): the fastest softmax the card has, the
+  baseline of every ratio;
+- ``sdpa_flash``: the same forced to the FLASH backend (an extra row);
 - ``triton_entmax15``: our fused kernel (``attentions.backends.triton_backend``), alpha=1.5;
-- extra rows of ours (``--extras``): ALiBi/NAPE slopes (alpha=1.5) and generic alpha=1.25;
+- with ``--extras``: ``flex_softmax_nape`` (softmax with NAPE's ALiBi slopes on half the heads,
+  on its fused path, FlexAttention: the baseline of the NAPE rows), ``triton_entmax15_nape``
+  (ours with those slopes) and generic alpha=1.25;
 - ``adasplash_v2`` (niter=1) when ``adasplash`` imports (power-of-two T only, its restriction).
 
 Cells: forward (inputs without grad) and forward+backward (forward then backward of a fixed
@@ -14,7 +18,9 @@ cotangent), medians of ``triton.testing.do_bench``; peak memory of one call (all
 above what the inputs hold); for ours, the relative error of the forward against the torch
 backend in float32 on the first 2 heads (a check that the timed kernel computes the function).
 Every cell catches its own failure and prints it, so one call gives the whole table.
-``--sweep`` first times a few block configurations of our kernels (forward, dK/dV, dQ).
+``--sweep`` first times a few block configurations of our kernels (forward, dK/dV, dQ);
+``--train-shapes`` times forward+backward at training shapes, eagerly and as CUDA-graph
+replays (how the training step runs them).
 """
 
 from __future__ import annotations
@@ -36,9 +42,16 @@ from .longforward import peak_gib
 H, D = 16, 64
 LENGTHS = (1024, 4096, 16384, 65536)
 FWD_ONLY_FROM = 65536
+BASELINE = "sdpa"
+#: rows whose ratio is taken against another baseline than ``BASELINE``
+BASELINE_OF = {"triton_entmax15_nape": "flex_softmax_nape"}
 
 
 def _sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _sdpa_flash(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -59,6 +72,20 @@ def _ours(alpha=1.5, alibi=False):
     return fn
 
 
+def _flex_nape():
+    from attentions.backends import flex_backend
+    from attentions.normalizer import Alibi, Normalizer, nape_slopes
+
+    norm = Normalizer("softmax")
+    bias = Alibi(nape_slopes(H).cuda())
+
+    def fn(q, k, v):
+        return flex_backend.attention(q, k, v, norm=norm, causal=True, bias=bias)
+
+    fn.norm, fn.bias = norm, bias
+    return fn
+
+
 def _adasplash():
     from adasplash import adasplash_v2
 
@@ -66,8 +93,9 @@ def _adasplash():
 
 
 def implementations(extras: bool):
-    out = {"sdpa_flash": _sdpa, "triton_entmax15": _ours(1.5)}
+    out = {"sdpa": _sdpa, "sdpa_flash": _sdpa_flash, "triton_entmax15": _ours(1.5)}
     if extras:
+        out["flex_softmax_nape"] = _flex_nape()
         out["triton_entmax15_nape"] = _ours(1.5, alibi=True)
         out["triton_entmax125"] = _ours(1.25)
     try:
@@ -208,7 +236,7 @@ def _passes_at(T, fn):
     q, k, v = _inputs(2, T, torch.bfloat16, False)
     out = []
     with torch.no_grad():
-        for label, env in {"sdpa_flash": None, **PASS_VARIANTS}.items():
+        for label, env in {"sdpa": None, **PASS_VARIANTS}.items():
             call = (lambda: _sdpa(q, k, v)) if env is None else (lambda: fn(q, k, v))
             out.append({"variant": label, "T": T, "ms": _with_env(env or {}, call)})
             print(out[-1], flush=True)
@@ -227,39 +255,71 @@ def passes(lengths=(4096, 16384)):
     return out
 
 
-TRAIN_SHAPES = ((64, 8, 64, 64), (32, 8, 256, 64), (16, 8, 512, 64), (128, 8, 64, 32))
+TRAIN_SHAPES = ((128, 16, 64, 64), (128, 16, 96, 32), (128, 8, 131, 32), (32, 8, 256, 64),
+                (16, 8, 512, 64))
+
+
+def _graphed(step):
+    """Median ms of ``step`` replayed from a CUDA graph (after eager warm-up on a side stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return _bench(graph.replay)
 
 
 def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
-    """Forward+backward at training shapes (B, H, T, D), bf16, causal, alpha=1.5: the torch
-    backend against the fused kernels (which ``auto`` takes on CUDA), SDPA flash beside. At
-    these sizes launch overhead, not arithmetic, may decide."""
+    """Forward+backward at training shapes (B, H, T, D), bf16, causal: SDPA's default backend,
+    our fused entmax-1.5, softmax+NAPE on FlexAttention and ours with NAPE, each eagerly and
+    replayed from a CUDA graph (the training step runs as one graph)."""
     from attentions.backends import torch_backend
-    from attentions.backends import triton_backend as TB
-    from attentions.normalizer import Normalizer
 
-    norm = Normalizer("entmax", alpha=1.5)
-    fns = {"sdpa_flash": _sdpa,
-           "torch_entmax15": lambda q, k, v: torch_backend.attention(q, k, v, norm=norm),
-           "triton_entmax15": lambda q, k, v: TB.attention(q, k, v, norm=norm)}
+    fns = {"sdpa": _sdpa, "triton_entmax15": _ours(1.5),
+           "flex_softmax_nape": None, "triton_entmax15_nape": None,
+           "torch_entmax15": None}
     out = []
-    for B, H, T, D in shapes:
+    for B, Hh, T, Dh in shapes:
+        from attentions.backends import flex_backend
+        from attentions.normalizer import Alibi, Normalizer, nape_slopes
+
+        bias = Alibi(nape_slopes(Hh).cuda())
+        ent, soft = Normalizer("entmax", alpha=1.5), Normalizer("softmax")
+        from attentions.backends import triton_backend as TB
+
+        fns["flex_softmax_nape"] = lambda q, k, v, b=bias, n=soft: flex_backend.attention(
+            q, k, v, norm=n, bias=b)
+        fns["triton_entmax15_nape"] = lambda q, k, v, b=bias, n=ent: TB.attention(
+            q, k, v, norm=n, bias=b)
+        fns["torch_entmax15"] = lambda q, k, v, n=ent: torch_backend.attention(q, k, v, norm=n)
         g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        q, k, v = (torch.randn(B, Hh, T, Dh, device="cuda", dtype=torch.bfloat16, generator=g)
                    .requires_grad_() for _ in range(3))
-        dy = torch.randn_like(q)
+        dy = torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g)
         for name, fn in fns.items():
             def step(fn=fn, q=q, k=k, v=v, dy=dy):
                 fn(q, k, v).backward(dy)
 
+            row = {"impl": name, "B": B, "H": Hh, "T": T, "D": Dh}
             try:
                 step()
-                out.append({"impl": name, "B": B, "H": H, "T": T, "D": D,
-                            "fwdbwd_ms": _bench(step)})
+                row["fwdbwd_ms"] = _bench(step)
+                row["fwdbwd_graph_ms"] = _graphed(step)
             except Exception as err:
-                out.append({"impl": name, "B": B, "H": H, "T": T, "D": D,
-                            "error": f"{type(err).__name__}: {err}"})
-            print(out[-1], flush=True)
+                row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            out.append(row)
+            print(json.dumps(row), flush=True)
+            q.grad = k.grad = v.grad = None
+    for r in out:
+        base = next((b for b in out if b["impl"] == "sdpa" and (b["B"], b["T"], b["D"])
+                     == (r["B"], r["T"], r["D"])), None)
+        for key in ("fwdbwd_ms", "fwdbwd_graph_ms"):
+            if base and base.get(key) and r.get(key):
+                r[f"{key}_x_sdpa"] = r[key] / base[key]
     return out
 
 
@@ -267,7 +327,7 @@ def once(T: int, impl: str = "both") -> None:
     """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
     a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench_cuda --once T``)."""
     q, k, v = _inputs(2, T, torch.bfloat16, False)
-    fns = {"ours": _ours(1.5), "sdpa": _sdpa}
+    fns = {"ours": _ours(1.5), "sdpa": _sdpa}  # SDPA with its own backend choice
     with torch.no_grad():
         for name, fn in fns.items():
             if impl in (name, "both"):
@@ -277,21 +337,24 @@ def once(T: int, impl: str = "both") -> None:
                 torch.cuda.synchronize()
 
 
+def _base(rows, r, key):
+    name = BASELINE_OF.get(r["impl"], BASELINE)
+    return next((b.get(key) for b in rows if b["impl"] == name and b["T"] == r["T"]), None)
+
+
 def format_table(rows):
-    base = {(r["T"], p): r.get(p) for r in rows if r["impl"] == "sdpa_flash"
-            for p in ("fwd_ms", "fwdbwd_ms")}
-    head = (f"{'impl':24s} {'T':>6s} {'fwd ms':>9s} {'f+b ms':>9s} {'fwd/SDPA':>9s} "
-            f"{'f+b/SDPA':>9s} {'peak GiB':>9s} {'rel err':>9s}  note")
-    lines = [head, "-" * len(head)]
+    head = (f"{'impl':24s} {'T':>6s} {'fwd ms':>9s} {'f+b ms':>9s} {'fwd/base':>9s} "
+            f"{'f+b/base':>9s} {'peak GiB':>9s} {'rel err':>9s}  note")
+    lines = [f"baseline: {BASELINE} (SDPA with its own backend choice); NAPE rows against "
+             "flex_softmax_nape (softmax+NAPE on its fused path)", head, "-" * len(head)]
 
     def f(x, spec=".3f"):
         return format(x, spec) if isinstance(x, (int, float)) else "-"
 
     for r in rows:
-        fr = (r["fwd_ms"] / base[(r["T"], "fwd_ms")]
-              if r.get("fwd_ms") and base.get((r["T"], "fwd_ms")) else None)
-        br = (r["fwdbwd_ms"] / base[(r["T"], "fwdbwd_ms")]
-              if r.get("fwdbwd_ms") and base.get((r["T"], "fwdbwd_ms")) else None)
+        bf, bb = _base(rows, r, "fwd_ms"), _base(rows, r, "fwdbwd_ms")
+        fr = r["fwd_ms"] / bf if r.get("fwd_ms") and bf else None
+        br = r["fwdbwd_ms"] / bb if r.get("fwdbwd_ms") and bb else None
         peak = max(r.get("fwd_peak_gib") or 0, r.get("fwdbwd_peak_gib") or 0) or None
         lines.append(f"{r['impl']:24s} {r['T']:6d} {f(r.get('fwd_ms')):>9s} "
                      f"{f(r.get('fwdbwd_ms')):>9s} {f(fr, '.2f'):>9s} {f(br, '.2f'):>9s} "
@@ -317,11 +380,13 @@ def environment():
 
 def long_rows(rows: list[dict], device: str) -> list[dict]:
     """``measure`` rows in `suite bench`'s long format: one dict per (impl, T, pass) with impl,
-    T, pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (SDPA flash of the same rows),
-    peak_extra_mib, device, B. SDPA flash is named ``sdpa_softmax`` there."""
+    T, pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (to the baseline of the same rows),
+    peak_extra_mib, device, B. SDPA with its own backend choice is named ``sdpa_softmax``
+    there (the store's baseline name); NAPE rows take their ratio against softmax+NAPE's fused
+    path."""
     out = []
     for row in rows:
-        impl = "sdpa_softmax" if row["impl"] == "sdpa_flash" else row["impl"]
+        impl = "sdpa_softmax" if row["impl"] == BASELINE else row["impl"]
         for key, pas in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
             if f"{key}_ms" in row:
                 out.append({"impl": impl, "T": row["T"], "pass": pas,
@@ -329,7 +394,8 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
                             "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
                             "device": device, "B": row["B"]})
     for r in out:
-        base = next((b["median_ms"] for b in out if b["impl"] == "sdpa_softmax"
+        name = BASELINE_OF.get(r["impl"], "sdpa_softmax")
+        base = next((b["median_ms"] for b in out if b["impl"] == name
                      and b["T"] == r["T"] and b["pass"] == r["pass"]), None)
         r["ratio_to_sdpa"] = r["median_ms"] / base if base else None
     return out

@@ -120,6 +120,39 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_bench_train(args) -> int:
+    import json
+
+    import torch
+
+    from . import bench_train
+
+    if args.from_json:
+        with open(args.from_json) as fh:
+            result = json.load(fh)
+    else:
+        device = "cuda" if args.device == "cuda" else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise attentions.SpecError("--device cuda: no CUDA device is visible here")
+        cells = [int(n) for n in str(args.cells).split(",") if n.strip()]
+        if not cells or min(cells) < 1:
+            raise attentions.SpecError(f"--cells {args.cells}: give counts >= 1, e.g. 1,2,4")
+        atts = [attentions.canonical_spec(a) for a in (args.attention or
+                                                       ("softmax", "entmax", "asentmax"))]
+        if bench_train.BASELINE not in atts:
+            atts.insert(0, bench_train.BASELINE)
+        result = bench_train.run(args.task or ["mqmtar", "sort"], atts, args.profile, device,
+                                 steps=args.train_steps, warmup=args.warmup, cells=cells,
+                                 out=args.out)
+    print(bench_train.format_table(result))
+    if not args.no_log:
+        from results.speed import log_bench
+
+        run_id = log_bench(bench_train.long_rows(result), args.tracking_uri, kind="bench_train")
+        print(f"logged: bench_train run {run_id}")
+    return 0
+
+
 def _from_json(path: str) -> list[dict]:
     """The rows of ``--from-json``: a table of ``python -m suite.bench_cuda --out PATH``, or
     the rows `suite bench` kept when the store could not take them."""
@@ -140,6 +173,8 @@ def _from_json(path: str) -> list[dict]:
 
 
 def cmd_bench(args) -> int:
+    if args.train or (args.from_json and _json_kind(args.from_json) == "train"):
+        return cmd_bench_train(args)
     from . import checks
 
     checks.positive("--lengths", args.lengths)
@@ -172,6 +207,16 @@ def cmd_bench(args) -> int:
         run_id = log_bench(rows, args.tracking_uri)
         print(f"logged: bench run {run_id} (the leaderboard's speed table reads it)")
     return 0
+
+
+def _json_kind(path: str) -> str | None:
+    import json
+
+    try:
+        with open(path) as fh:
+            return json.load(fh).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -248,6 +293,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-json", default=None, metavar="PATH",
                     help="log a GPU table written by `python -m suite.bench_cuda --out PATH` "
                     "on another machine instead of measuring here")
+    sp.add_argument("--train", action="store_true",
+                    help="training throughput of whole cells (tokens/s of the real step)")
+    sp.add_argument("--task", action="append", metavar="SPEC",
+                    help="with --train: task (repeatable; default mqmtar and sort)")
+    sp.add_argument("--attention", action="append", metavar="SPEC",
+                    help="with --train: attention (repeatable; default softmax, entmax, "
+                    "asentmax; softmax is always timed as the baseline)")
+    sp.add_argument("--profile", default=None,
+                    help="with --train: the profile whose model and batch are timed "
+                    "(default: paper on CUDA, quick on CPU)")
+    sp.add_argument("--train-steps", type=int, default=200, help="with --train: timed steps")
+    sp.add_argument("--warmup", type=int, default=20,
+                    help="with --train: untimed steps first (compile, capture)")
+    sp.add_argument("--cells", default="1",
+                    help="with --train: cells per device to time packed, e.g. 1,2,4,8")
+    sp.add_argument("--out", default=None, metavar="PATH",
+                    help="with --train: also write the table as JSON (for --from-json)")
     sp.set_defaults(func=cmd_bench)
     return p
 

@@ -71,7 +71,7 @@ def evaluate(model: Decoder, task, lengths: Iterable[int], samples: int, seed: i
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(batch.tokens.to(device))
             model.set_probe(None)
-            meter.update(logits.float().cpu(), batch.targets)
+            meter.update(logits, batch.targets.to(logits.device))  # gathers on the device
             if probe is not None:
                 diag = _summarize(probe.stats)
             done += batch.batch_size

@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import attentions
 import tasks
 
 from . import __version__
+from .data import Batches
 from .evaluate import evaluate
 from .model import Decoder, ModelConfig
 from .profiles import Budget, Profile, Size
+from .step import Stepper
 
 
 def checkpoint_dir() -> Path:
@@ -105,6 +106,10 @@ def _save(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
 
 
+#: steps between reads of the training loss (and its NaN check) on the host
+LOG_EVERY = 10
+
+
 def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
     """Train (or resume) a cell; returns the selected model and a summary."""
     size, budget = cell.size_budget
@@ -112,70 +117,63 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
     device = torch.device(cell.device)
     torch.manual_seed(cell.seed)
     model = build_model(cell).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, betas=(0.9, 0.99),
-                            weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, budget))
-    rng = task.rng(cell.seed, "train")
+    stepper = Stepper(model, budget.lr, device)
     ckpt_dir = checkpoint_dir() / cell.config_hash
-    start, best = 0, {"score": -1.0, "step": -1}
+    start, best, loss_ema = 0, {"score": -1.0, "step": -1}, None
     last = ckpt_dir / "last.pt"
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start, best = state["step"], state["best"]
+        stepper.opt.load_state_dict(state["opt"])
+        start, best, loss_ema = state["step"], state["best"], state.get("loss_ema")
     val_len = task.train_length * budget.val_multiple
-    amp = device.type == "cuda"
-    bar = tqdm(range(start, budget.steps), initial=start, total=budget.steps, disable=not progress,
-               desc=cell.name, unit="step", dynamic_ncols=True, leave=False)
-    t0, tokens_seen, loss_ema = time.perf_counter(), 0, None
-    for step in bar:
-        batch = task.sample(rng, task.train_lengths, budget.batch_size)
-        tokens, targets = batch.tokens.to(device), batch.targets.to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = model(tokens)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"{cell.name}: loss is {loss.item()} at step {step}; lower the learning rate "
-                f"(now {budget.lr}) or check the attention for NaN"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        tokens_seen += int(tokens.numel())
-        value = loss.item()
-        loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-        done = step + 1
-        if done % 10 == 0 or done == budget.steps:
-            tps = tokens_seen / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tps:,.0f}")
-            if log is not None:
-                log.metrics({"train_loss": loss_ema, "tokens_per_s": tps,
-                             "lr": sched.get_last_lr()[0]}, step=done)
-        if done % budget.val_every == 0 or done == budget.steps:
-            val = evaluate(model, task, [val_len], budget.val_samples, cell.seed, device,
-                           budget.eval_tokens, diagnostics=False, purpose=1)[val_len]
-            score = _val_score(val)
-            if log is not None:
-                log.metrics({f"val_{k}": v for k, v in val.items()}, step=done)
-            if score > best["score"]:
-                best = {"score": score, "step": done}
-                _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done})
-        if done % budget.ckpt_every == 0 or done == budget.steps:
-            _save(last, {"model": model.state_dict(), "opt": opt.state_dict(),
-                         "sched": sched.state_dict(), "rng": rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state(), "step": done, "best": best})
+    bar = tqdm(total=budget.steps, initial=start, disable=not progress, desc=cell.name,
+               unit="step", dynamic_ncols=True, leave=False)
+    t0, tokens_seen, read = time.perf_counter(), 0, start
+    with Batches(task, cell.seed, budget.batch_size, start, budget.steps, device) as data:
+        for step, tokens, targets in data:
+            stepper.set_lr(budget.lr * lr_at(step, budget))
+            stepper.step(tokens, targets)
+            tokens_seen += int(tokens.numel())
+            done = step + 1
+            bar.update(1)
+            due_log = done % LOG_EVERY == 0 or done == budget.steps
+            due_val = done % budget.val_every == 0 or done == budget.steps
+            due_ckpt = done % budget.ckpt_every == 0 or done == budget.steps
+            if not (due_log or due_val or due_ckpt):
+                continue
+            for at, value in zip(range(read, done), stepper.flush()):  # one host sync
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f"{cell.name}: loss is {value} at step {at}; lower the learning rate "
+                        f"(now {budget.lr}) or check the attention for NaN"
+                    )
+                loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
+            read = done
+            if due_log:
+                tps = tokens_seen / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tps:,.0f}")
+                if log is not None:
+                    log.metrics({"train_loss": loss_ema, "tokens_per_s": tps,
+                                 "lr": budget.lr * lr_at(step, budget)}, step=done)
+            if due_val:
+                val = evaluate(model, task, [val_len], budget.val_samples, cell.seed, device,
+                               budget.eval_tokens, diagnostics=False, purpose=1)[val_len]
+                score = _val_score(val)
+                if log is not None:
+                    log.metrics({f"val_{k}": v for k, v in val.items()}, step=done)
+                if score > best["score"]:
+                    best = {"score": score, "step": done}
+                    _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done})
+            if due_ckpt:
+                _save(last, {"model": model.state_dict(), "opt": stepper.opt.state_dict(),
+                             "step": done, "best": best, "loss_ema": loss_ema})
     bar.close()
     elapsed = time.perf_counter() - t0
     summary = {"steps": budget.steps, "resumed_from": start, "best_step": best["step"],
                "best_val": best["score"], "train_seconds": elapsed,
-               "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "final_loss": loss_ema}
+               "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "final_loss": loss_ema,
+               "cuda_graphs": stepper.captured}
     if (ckpt_dir / "best.pt").exists():
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device)["model"])
     return model, summary

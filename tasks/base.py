@@ -101,19 +101,24 @@ class Task:
     def fail(self, message: str) -> SpecError:
         return SpecError(f"{self.spec}: {message}")
 
-    def rng(self, seed: int, split: str) -> np.random.Generator:
+    def rng(self, seed: int, split: str, step: int | None = None) -> np.random.Generator:
         """A numpy Generator for ``split`` ("train" or "eval"); the streams of the two splits
-        (and of different tasks) are independent children of one SeedSequence."""
+        (and of different tasks) are independent children of one SeedSequence. With ``step``,
+        the generator of that one training step: a child stream of its own, so that any step's
+        batch can be drawn without the ones before it (by several data workers at once, or
+        after a resume)."""
         if split not in SPLITS:
             raise unknown("split", split, SPLITS)
         key = (zlib.crc32(self.name.encode()), SPLITS[split])
+        if step is not None:
+            key = (*key, int(step))
         return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
 
     def split_of(self, rng: np.random.Generator) -> str:
         """The split a generator from :meth:`rng` was made for ("train" if it was not)."""
         seq = getattr(rng.bit_generator, "seed_seq", None)
         key = getattr(seq, "spawn_key", ())
-        if len(key) == 2 and key[0] == zlib.crc32(self.name.encode()):
+        if len(key) in (2, 3) and key[0] == zlib.crc32(self.name.encode()):
             return {v: k for k, v in SPLITS.items()}.get(key[1], "train")
         return "train"
 

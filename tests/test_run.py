@@ -131,7 +131,7 @@ def test_failed_cell_is_marked_failed_and_the_sweep_goes_on(store, tmp_path, cap
     assert code == 1
     status = {r.data.tags["suite.attention"]: r for r in runs(store)}
     assert status["nan_attention_test"].info.status == "FAILED"
-    assert "loss is nan" in status["nan_attention_test"].data.tags["suite.error"]
+    assert "loss is nan at step 0" in status["nan_attention_test"].data.tags["suite.error"]
     assert status["softmax"].info.status == "FINISHED"
     assert "FAILED: NonFiniteLoss" in capsys.readouterr().out
 

@@ -257,3 +257,26 @@ def test_sm90_build_uses_tensor_cores_in_every_pass():
         assert len(tile_loops) >= (6 if kind == "fwd" else 2), kind
         assert all(lp["ops"].get("HGMMA") for lp in tile_loops), kind
     assert found["fwd"][1]["local"] == 0
+
+
+def test_kernels_are_operators_the_compiler_sees():
+    """The forward and backward run as ``torch.library`` operators: their fake (shape)
+    functions, schema and autograd registration pass torch's own checks, and a function that
+    calls the kernels compiles as one graph (``fullgraph=True`` fails on any graph break)."""
+    q, k, v = inputs(1, 2, 37, 16, torch.float32, seed=3)
+    slopes = nape_slopes(2).to(DEV)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(TB._fwd_op, (q, k, v, slopes, True, 1.5, True, 0.25, True),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
+    norm = Normalizer("entmax", alpha=1.5)
+
+    def f(q, k, v):
+        return TB.attention(q, k, v, norm=norm, causal=True, bias=Alibi(slopes)) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if not CUDA else "inductor")
+    y_ref, g_ref = f(q, k, v), torch.autograd.grad(f(q, k, v).sum(), (q, k, v))
+    y = compiled(q, k, v)
+    g = torch.autograd.grad(compiled(q, k, v).sum(), (q, k, v))
+    assert rel(y, y_ref) < 1e-6
+    assert all(rel(a, b) < 1e-6 for a, b in zip(g, g_ref))

@@ -27,10 +27,11 @@ from ..normalizer import Normalizer
 #: backend name -> module, in order of preference for ``auto``
 MODULES = {
     "triton": "attentions.backends.triton_backend",
+    "flex": "attentions.backends.flex_backend",
     "numba": "attentions.backends.numba_backend",
     "torch": "attentions.backends.torch_backend",
 }
-ORDER = ("triton", "numba", "torch")
+ORDER = ("triton", "flex", "numba", "torch")
 
 
 @cache

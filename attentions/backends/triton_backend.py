@@ -219,23 +219,59 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class TritonEntmaxAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, alpha, causal, bias, sm_scale):
-        need = any(ctx.needs_input_grad[:3])
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, o2, stats = forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=need)
-        ctx.alpha, ctx.causal, ctx.bias, ctx.sm_scale = alpha, causal, bias, sm_scale
-        if need:
-            ctx.save_for_backward(q, k, v, o2, stats)
-        return out
+# The kernels as operators the compiler sees (``torch.library``): a model under
+# ``torch.compile`` runs them with no graph break, and CUDA graphs capture their launches.
+# ALiBi slopes travel as a float32 tensor of shape (H,) (or a placeholder of shape (1,) with
+# ``has_alibi`` False): operators take tensors and scalars, not the compact ``Alibi`` object.
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, o2, stats = ctx.saved_tensors
-        dq, dk, dv = backward(q, k, v, o2, stats, dout, ctx.alpha, ctx.causal, ctx.bias,
-                              ctx.sm_scale)
-        return dq, dk, dv, None, None, None, None
+
+@torch.library.custom_op("suite::entmax_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+            has_alibi: bool, alpha: float, causal: bool, sm_scale: float,
+            need_o2: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    bias = Alibi(slopes) if has_alibi else None
+    out, o2, stats = forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=need_o2)
+    return out, (o2 if need_o2 else q.new_empty(0)), stats
+
+
+@_fwd_op.register_fake
+def _(q, k, v, slopes, has_alibi, alpha, causal, sm_scale, need_o2):
+    B, H, T, _ = q.shape
+    stats = q.new_empty((B, H, 4, T), dtype=torch.float32)
+    return q.new_empty(q.shape), (q.new_empty(q.shape) if need_o2 else q.new_empty(0)), stats
+
+
+@torch.library.custom_op("suite::entmax_attention_bwd", mutates_args=())
+def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o2: torch.Tensor,
+            stats: torch.Tensor, dout: torch.Tensor, slopes: torch.Tensor, has_alibi: bool,
+            alpha: float, causal: bool, sm_scale: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    bias = Alibi(slopes) if has_alibi else None
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale)
+
+
+@_bwd_op.register_fake
+def _(q, k, v, o2, stats, dout, slopes, has_alibi, alpha, causal, sm_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, slopes, has_alibi, alpha, causal, sm_scale, need_o2 = inputs
+    _, o2, stats = output
+    ctx.save_for_backward(q, k, v, o2, stats, slopes)
+    ctx.args = (has_alibi, alpha, causal, sm_scale)
+
+
+def _backward(ctx, dout, _do2, _dstats):
+    q, k, v, o2, stats, slopes = ctx.saved_tensors
+    has_alibi, alpha, causal, sm_scale = ctx.args
+    dq, dk, dv = _bwd_op(q, k, v, o2, stats, dout.contiguous(), slopes, has_alibi, alpha,
+                         causal, sm_scale)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_backward(device) -> bool:
@@ -267,5 +303,8 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
     if not fused:
         return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,
                                        sm_scale=sm_scale)
-    return TritonEntmaxAttention.apply(q, k, v, float(norm.alpha), bool(causal), bias,
-                                       float(sm_scale))
+    slopes, has_alibi = _slopes(bias, q.shape[1], q.device)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the kernels index densely
+    out, _, _ = _fwd_op(q, k, v, slopes, has_alibi, float(norm.alpha), bool(causal),
+                        float(sm_scale), grad)
+    return out

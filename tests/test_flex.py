@@ -1,0 +1,115 @@
+"""The flex backend: softmax with ALiBi fused by FlexAttention (CUDA), and its causal block mask
+(checked on CPU against the element mask it must imply)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from attentions import Alibi, Normalizer, nape_slopes
+from attentions.backends import flex_backend as FB
+from attentions.backends import torch_backend
+
+CUDA = torch.cuda.is_available()
+SOFTMAX = Normalizer("softmax")
+
+
+def implied_mask(bm, T, S, block):
+    """The (T, S) visibility a block mask implies: full blocks entirely, partial blocks where
+    its mask function says so, nothing elsewhere."""
+    out = torch.zeros(T, S, dtype=torch.bool)
+    qi = torch.arange(T)[:, None]
+    kj = torch.arange(S)[None, :]
+    elem = bm.mask_mod(0, 0, qi, kj)  # (T, S)
+    for counts, idx, full in ((bm.kv_num_blocks, bm.kv_indices, False),
+                              (bm.full_kv_num_blocks, bm.full_kv_indices, True)):
+        for i in range(counts.shape[-1]):
+            for j in idx[0, 0, i, : int(counts[0, 0, i])].tolist():
+                rows, cols = slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block)
+                out[rows, cols] |= True if full else elem[rows, cols]
+    return out
+
+
+@pytest.mark.parametrize("T,S", [(1, 1), (5, 5), (129, 129), (300, 300), (200, 300), (7, 300),
+                                 (256, 256), (260, 384)])
+@pytest.mark.parametrize("block", [32, 128])
+def test_causal_block_mask_implies_exactly_the_causal_mask(T, S, block):
+    if T > S:  # queries aligned to the end of the keys: the first T - S rows see nothing
+        pytest.skip("T > S has rows with no visible key, which no attention defines")
+    bm = FB.causal_blocks(T, S, "cpu", block=block)
+    want = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)
+    assert torch.equal(implied_mask(bm, T, S, block), want)
+    # full blocks are entirely visible, partial ones mixed, and no empty block is listed
+    for counts, idx, full in ((bm.kv_num_blocks, bm.kv_indices, False),
+                              (bm.full_kv_num_blocks, bm.full_kv_indices, True)):
+        for i in range(counts.shape[-1]):
+            for j in idx[0, 0, i, : int(counts[0, 0, i])].tolist():
+                sub = want[i * block:(i + 1) * block, j * block:(j + 1) * block]
+                assert bool(sub.all()) if full else (bool(sub.any()) and not bool(sub.all()))
+
+
+@pytest.mark.parametrize("T,S", [(37, 37), (200, 300), (130, 130)])
+def test_alibi_score_mod_matches_the_torch_backend(T, S):
+    """The score modification and the mask, run by FlexAttention's unfused reference on CPU
+    (forward only: its CPU path has no backward), against the torch backend in float64."""
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 4, T, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 4, S, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    slopes = nape_slopes(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "called without torch.compile": intended here
+        y = FB._alibi(q, k, v, slopes.double(), FB.causal_blocks(T, S, "cpu"), 0.25, S - T)
+    ref = torch_backend.attention(q, k, v, norm=SOFTMAX, bias=Alibi(slopes), sm_scale=0.25)
+    assert (y - ref).abs().max() < 1e-12
+
+
+def test_auto_takes_flex_only_for_softmax_with_alibi_on_cuda():
+    from attentions.backends import resolve
+
+    alibi = Alibi(nape_slopes(4))
+    assert not FB.preferred(SOFTMAX, torch.device("cpu"), alibi)
+    assert not FB.preferred(SOFTMAX, torch.device("cuda"), None)  # SDPA wins there
+    assert not FB.supports(Normalizer("entmax"), torch.device("cuda"), alibi)
+    if CUDA:
+        assert resolve("auto", SOFTMAX, torch.device("cuda"), alibi).NAME == "flex"
+    assert resolve("auto", SOFTMAX, torch.device("cpu"), alibi).NAME != "flex"
+
+
+def rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="CUDA only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,S,D", [(97, 97, 16), (1025, 1025, 64), (200, 333, 32),
+                                   (64, 64, 32)])
+@pytest.mark.parametrize("alibi", [True, False])
+def test_cuda_forward_and_gradients(dtype, T, S, D, alibi):
+    """Outputs and gradients against float64; bf16 within 2x of the torch backend's own bf16
+    error (plain torch at that dtype)."""
+    g = torch.Generator().manual_seed(T + D)
+    H = 4
+    q = torch.randn(2, H, T, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, H, S, D, generator=g, dtype=torch.float64) for _ in range(2))
+    bias = Alibi(nape_slopes(H).cuda()) if alibi else None
+    dy = torch.randn(2, H, T, D, generator=g, dtype=torch.float64)
+
+    def run(backend, dt):
+        xs = [t.cuda().to(dt).requires_grad_() for t in (q, k, v)]
+        y = backend.attention(*xs, norm=SOFTMAX, causal=True, bias=bias,
+                              sm_scale=1 / math.sqrt(D))
+        grads = torch.autograd.grad((y * dy.cuda().to(dt)).sum(), xs)
+        return y, grads
+
+    y64, g64 = run(torch_backend, torch.float64)
+    y, gr = run(FB, dtype)
+    yt, gt = run(torch_backend, dtype)
+    tol = 1e-5 if dtype == torch.float32 else None
+    for ours, plain, ref in zip((y, *gr), (yt, *gt), (y64, *g64)):
+        err = rel(ours, ref)
+        assert err < (tol if tol else 2 * rel(plain, ref) + 1e-3), err
