@@ -68,10 +68,9 @@ FALLBACK = {"cpu": Resources(1), "cuda": Resources(1, 1.0)}
 
 
 def cell_resources(cell: Cell) -> Resources:
-    """The profile's declaration (``Profile.resources`` when it has one, else the table above),
-    then ``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL``."""
-    table = getattr(cell.profile, "resources", None) or PROFILE_RESOURCES.get(
-        cell.profile.name, FALLBACK)
+    """The table above for the cell's profile (FALLBACK for a profile it does not name), then
+    ``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL``."""
+    table = PROFILE_RESOURCES.get(cell.profile.name, FALLBACK)
     res = table.get(cell.device, FALLBACK[cell.device])
     cpus = float(os.environ.get("SUITE_RAY_CPUS_PER_CELL") or res.num_cpus)
     if cell.device != "cuda":
@@ -99,8 +98,9 @@ class _GuardedTracker:
         return self.tracker.finished(experiment, config_hash)
 
     @contextlib.contextmanager
-    def run(self, experiment, name, params, tags):
-        with self.tracker.run(experiment, name, params, {**tags, **self.tags}) as log:
+    def run(self, experiment, name, params, tags, description=None):
+        with self.tracker.run(experiment, name, params, {**tags, **self.tags},
+                              description) as log:
             self.run_id = log.run_id
             yield log
             other = self.tracker.finished(experiment, self.config_hash)
