@@ -44,8 +44,8 @@ def run_url(base: str, found: tuple[str, str] | None, artifact: str | None = "le
 def experiment_url(base: str, exp_id: str, chart: bool = False) -> str:
     """An experiment's runs, as a table or (``chart``) as the chart view, where each metric
     logged per length is drawn against length."""
-    mode = "compareRunsMode=CHART&" if chart else ""
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}?{mode}{VIEW.lstrip('?')}"
+    mode = "/runs?compareRunsMode=CHART&" if chart else "?"
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}{mode}{VIEW.lstrip('?')}"
 
 
 def task_experiments(tracker) -> list[tuple[str, str]]:
