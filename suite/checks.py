@@ -4,8 +4,9 @@ with one line that names the problem and the fix (``SpecError``, exit 2).
 What is checked here, before training or measuring:
 
 - numbers a command needs positive (``--lengths``, ``--repeats``, ``--port`` in 1..65535);
-- the directories a command writes (the store's, ``results/``, the checkpoint directory): one
-  file is created and removed in each, so a directory without write permission is named at once;
+- the directories a command writes (``results/``, the checkpoint directory; the store checks
+  its own): one file is created and removed in each, so a directory without write permission
+  is named at once;
 - a sweep's cells: an evaluation ladder left empty by ``--max-eval-length``, a ``--backend``
   that cannot run a variant on the device, and one call of every variant on a tiny input
   (shape (1, 2, 3, 4), under the sweep's position encoding), whose output must be
@@ -39,20 +40,24 @@ def port(value: int) -> None:
 
 
 def writable(directory: Path, what: str, fix: str) -> Path:
-    """Create ``directory`` if needed and prove it writable by creating a file in it (the
-    real test, for root and for everyone else alike)."""
+    """Prove ``directory`` writable by creating and removing a file in it, or, where it does
+    not exist yet, in the nearest directory above it that does (the real test, for root and
+    everyone else alike). Nothing is left behind, not even the directory."""
     directory = Path(directory)
+    probe_dir = directory.absolute()
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".suite-write-check-")
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".suite-write-check-")
         os.close(fd)
         os.unlink(probe)
-    except PermissionError:
-        raise SpecError(f"{what} {directory.resolve()} is not writable (permission denied); "
-                        f"{fix}") from None
     except OSError as err:
-        raise SpecError(f"{what} {directory.resolve()} is not writable "
-                        f"({str(err.strerror).lower()}); {fix}") from None
+        why = "permission denied" if isinstance(err, PermissionError) else \
+            str(err.strerror or err).lower()
+        raise SpecError(f"{what} {directory.absolute()} is not writable ({why}); {fix}"
+                        ) from None
     return directory
 
 
@@ -65,11 +70,10 @@ def results_dir(out_dir: Path = Path("results")) -> Path:
 def checkpoints() -> Path:
     from .train import checkpoint_dir
 
-    where = "SUITE_CHECKPOINT_DIR" if os.environ.get("SUITE_CHECKPOINT_DIR") else "results/"
-    return writable(checkpoint_dir(), "the checkpoint directory",
-                    f"run from a directory you can write to, or point {where} elsewhere"
-                    if where == "results/" else
-                    "point SUITE_CHECKPOINT_DIR at a directory you can write to")
+    fix = ("point SUITE_CHECKPOINT_DIR at a directory you can write to"
+           if os.environ.get("SUITE_CHECKPOINT_DIR") else
+           "run from a directory you can write to, or set SUITE_CHECKPOINT_DIR")
+    return writable(checkpoint_dir(), "the checkpoint directory", fix)
 
 
 def profile(name: str | None) -> None:
