@@ -207,10 +207,10 @@ def test_kept_bench_rows_load_with_from_json(tmp_path):
     """What `suite bench` keeps when the store fails is what --from-json reads."""
     from results import speed
 
-    rows = [{"impl": "sdpa_softmax", "T": 256, "pass": "fwd", "median_ms": 1.5,
-             "device": "cpu"},
-            {"impl": "numba_entmax15", "T": 256, "pass": "fwd", "median_ms": 2.0,
-             "device": "cpu"}]
+    rows = [{"impl": impl, "T": 256, "pass": "fwd", "median_ms": ms, "cpu_ms": 2 * ms,
+             "samples": 3, "ratio_to_sdpa": ms / 1.5, "peak_extra_mib": 1.0, "threads": 2,
+             "device": "cpu", "load_avg": 1.0}  # the fields of `suite bench`'s CPU rows
+            for impl, ms in (("sdpa_softmax", 1.5), ("numba_entmax15", 2.0))]
     os.chdir(tmp_path)
     with pytest.raises(Exception, match="--from-json"):
         speed.log_bench(rows, f"http://127.0.0.1:{free_port()}")
