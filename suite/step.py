@@ -8,10 +8,12 @@ CPU: eager PyTorch, the same on every call (a seed repeats bit for bit on one ma
 CUDA: bf16 autocast, fused AdamW whose state and learning rate live on the device, gradient
 clipping with no host round trip, and the whole step (forward, loss, backward, clipping,
 update) captured in a CUDA graph once per batch shape, after a few eager steps, and replayed
-from then on: one launch per step instead of hundreds. ``SUITE_CUDA_GRAPHS=0`` keeps it eager;
-``SUITE_COMPILE=1`` also compiles the model with ``torch.compile`` before the capture (the
-fused kernels are ``torch.library`` operators, so the graph has no break). A step whose
-capture fails runs eagerly, with a warning.
+from then on: one launch per step instead of hundreds. The model is compiled with
+``torch.compile`` before the capture (the fused kernels are ``torch.library`` operators and
+softmax with ALiBi is FlexAttention, so the model is one graph; compilation fuses the norms,
+activations and casts around the matmuls). ``SUITE_COMPILE=0`` and ``SUITE_CUDA_GRAPHS=0``
+turn either off. A model that does not compile, or a step whose capture fails, trains
+eagerly, with a warning.
 
 The loss stays on the device: ``flush()`` returns the losses of the steps since the last flush
 in one transfer, so the trainer reads them (and checks them for NaN, naming the step) every
@@ -52,7 +54,7 @@ class Stepper:
         if graphs is None:
             graphs = _flag("SUITE_CUDA_GRAPHS", True)
         self.graphs_on = bool(graphs) and self.cuda
-        compile = _flag("SUITE_COMPILE", False) if compile is None else compile
+        compile = _flag("SUITE_COMPILE", True) if compile is None else compile
         self.forward = torch.compile(model) if (compile and self.cuda) else model
         self._primed = False
         self._graphs: dict[tuple, tuple | None] = {}  # shape -> (graph, tokens, targets, loss)
@@ -75,7 +77,15 @@ class Stepper:
                 with torch.no_grad():  # one eager call picks the kernels the trace reuses
                     self.model(tokens)
                 self._primed = True
-            logits = self.forward(tokens)  # (B, T, V)
+                try:
+                    logits = self.forward(tokens)  # (B, T, V), compiled on this first call
+                except Exception as err:  # a model the compiler cannot take still trains
+                    warnings.warn(f"torch.compile of the model failed ({type(err).__name__}: "
+                                  f"{str(err)[:200]}); training it uncompiled", stacklevel=2)
+                    self.forward = self.model
+                    logits = self.model(tokens)
+            else:
+                logits = self.forward(tokens)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                ignore_index=-100)
 

@@ -65,3 +65,30 @@ def test_suite_bench_from_json_rejects_other_files(tmp_path, capsys):
     assert main(["bench", "--from-json", str(bad), "--no-log"]) != 0
     assert "not a table written by `python -m suite.bench_cuda --out PATH`" in (
         capsys.readouterr().err)
+
+
+def test_suite_bench_train_logs_throughput_and_reads_its_json_back(tmp_path, monkeypatch,
+                                                                  capsys):
+    """`suite bench --train` times whole training steps per (task, attention), softmax always
+    among them as the baseline; the table is logged to its own experiment, and its JSON
+    (`--out`, for GPU machines without a store) logs through `--from-json`."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    table = tmp_path / "train.json"
+    args = ["bench", "--train", "--task", "flip_flop", "--attention", "entmax", "--profile",
+            "smoke", "--train-steps", "3", "--warmup", "1", "--tracking-uri", uri]
+    assert main([*args, "--out", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "training throughput" in out and "logged: bench_train run" in out
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("flip_flop")]
+    assert [ln[1] for ln in lines] == ["softmax", "entmax"]
+    assert lines[0][7] == "1.00"  # softmax against itself; entmax's ratio is a number
+    float(lines[1][7])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bench_train")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["suite.kind"] == "bench_train"
+    assert {"median_ms.train.flip_flop.softmax.train_step",
+            "median_ms.train.flip_flop.entmax.train_step"} <= set(run.data.metrics)
+    assert main(["bench", "--from-json", str(table), "--tracking-uri", uri]) == 0
+    assert len(client.search_runs([exp.experiment_id])) == 2

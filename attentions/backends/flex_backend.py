@@ -126,8 +126,9 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,
                                        sm_scale=sm_scale)
     T, S = q.shape[2], k.shape[2]
-    mask = _mask(T, S, q.device) if causal else None
-    inside = torch.compiler.is_compiling()  # an enclosing compile traces the plain function
+    inside = torch.compiler.is_compiling()  # an enclosing compile traces the plain functions
+    mask = (causal_blocks(T, S, q.device) if inside else _mask(T, S, q.device)) \
+        if causal else None
     if isinstance(bias, Alibi):
         slopes = bias.slopes.to(device=q.device, dtype=torch.float32)
         fn = _alibi if inside else _compiled("alibi")
