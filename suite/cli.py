@@ -178,8 +178,6 @@ def _from_json(path: str) -> list[dict]:
 
 
 def cmd_bench(args) -> int:
-    if args.train or (args.from_json and _json_kind(args.from_json) == "train"):
-        return cmd_bench_train(args)
     from . import checks
 
     checks.positive("--lengths", args.lengths)
@@ -188,6 +186,8 @@ def cmd_bench(args) -> int:
         from results.tracking import Tracker
 
         Tracker(args.tracking_uri)
+    if args.train or (args.from_json and _json_kind(args.from_json) == "train"):
+        return cmd_bench_train(args)
     if args.from_json:
         from . import bench
 
