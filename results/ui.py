@@ -41,11 +41,14 @@ def run_url(base: str, found: tuple[str, str] | None, artifact: str | None = "le
     return f"{base}/#/experiments/{exp_id}/runs/{run_id}{page}{VIEW}"
 
 
+BY_SCORE = "orderByKey=metrics.%60score%60&orderByAsc=false"  # best first, as ranked
+
+
 def experiment_url(base: str, exp_id: str, chart: bool = False) -> str:
-    """An experiment's runs, as a table or (``chart``) as the chart view, where each metric
-    logged per length is drawn against length."""
+    """An experiment's runs, best score first, as a table or (``chart``) as the chart view,
+    where each metric logged per length is drawn against length."""
     mode = "/runs?compareRunsMode=CHART&" if chart else "?"
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}{mode}{VIEW.lstrip('?')}"
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}{mode}{BY_SCORE}&{VIEW.lstrip('?')}"
 
 
 def task_experiments(tracker) -> list[tuple[str, str]]:
