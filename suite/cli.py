@@ -350,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _terminate_as_interrupt():
-    """SIGTERM ends a command as Ctrl-C does (its run marked KILLED), in the main thread of
-    the process that owns the handler; returns what puts the old handler back."""
+    """Ctrl-C (SIGINT) and SIGTERM end a command as a KeyboardInterrupt (a run in progress is
+    marked KILLED), even in a process started with SIGINT ignored (as a shell starts a
+    background job); in the main thread only. Returns what puts the old handlers back."""
     import signal
     import threading
 
@@ -361,5 +362,6 @@ def _terminate_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, old)
+    old = {sig: signal.signal(sig, handler) for sig, handler in
+           ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, interrupt))}
+    return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]

@@ -313,13 +313,23 @@ def test_ctrl_c_stops_suite_ui_and_its_server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_is_killed_with_one_line(tmp_path, sig):
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+
+
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                        (signal.SIGINT, True)])
+def test_interrupted_run_is_killed_with_one_line(tmp_path, sig, group):
+    """SIGINT or SIGTERM to `suite run`; and Ctrl-C as a terminal sends it, to the whole
+    process group, with data workers training alongside (as on CUDA) and the command started
+    with SIGINT ignored: every way ends in one line, exit 130, the run KILLED."""
+    env = {**os.environ, **({"SUITE_DATA_WORKERS": "2"} if group else {})}
     proc = subprocess.Popen([sys.executable, "-m", "suite", "run", "--profile", "quick",
                              "--attention", "softmax", "--tracking-uri",
                              f"sqlite:///{tmp_path}/mlflow.db"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env,
+                            preexec_fn=_ignore_sigint if group else None)
     try:
         wait_for_line(proc, r"store: .*\(1 cells\)")
         db = tmp_path / "mlflow.db"
@@ -328,7 +338,10 @@ def test_interrupted_run_is_killed_with_one_line(tmp_path, sig):
                 r.info.status == "RUNNING" for r in store_runs(db)):
             time.sleep(0.5)
         time.sleep(2)  # inside the training loop
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         proc.wait(60)
         err = proc.stderr.read()
     finally:
