@@ -1,4 +1,5 @@
-"""Attention variants behind one registry (docs/design.md, "Attentions").
+"""Attention variants behind one registry. Every module of this package is imported here, so a
+built-in variant is one file that registers itself.
 
     import attentions
     attentions.names()                      # registered variant names
@@ -22,7 +23,7 @@ from .api import (  # noqa: F401
 )
 from .base import Attention, log_positions  # noqa: F401
 from .normalizer import Alibi, Normalizer, nape_slopes  # noqa: F401
+from .registry import import_modules
 from .spec import SpecError, canonical, parse_spec  # noqa: F401
 
-# the built-in variants register themselves on import
-from . import softmax, ssmax, entmax, sparsemax, asentmax, topk  # noqa: E402,F401  isort: skip
+import_modules(__name__, __path__)  # the built-in variants register themselves on import

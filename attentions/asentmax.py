@@ -9,7 +9,7 @@ from torch import nn
 
 from .api import register
 from .base import Attention, log_positions
-from .normalizer import Normalizer
+from .normalizer import Normalizer, check_alpha
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,7 @@ class ASEntmaxConfig:
     gamma_bias: float = 0.0
 
     def __post_init__(self):
-        if not 1.0 < self.alpha <= 2.0:
-            raise ValueError(f"alpha={self.alpha} is outside (1, 2]")
+        check_alpha(self.alpha)
         if self.gamma_range < 0 or self.init_std < 0:
             raise ValueError("gamma_range and init_std must be >= 0")
         if self.log_offset <= 1:
@@ -51,20 +50,16 @@ class ASEntmax(Attention):
     def normalizer(self) -> Normalizer:
         return Normalizer("entmax", alpha=self.config.alpha)
 
-    def scale(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        """The per-query scale of the scaled heads, (B, H_s, T)."""
-        c = self.config
-        beta = F.softplus(self.w_beta(x)).transpose(1, 2)  # (B, H_s, T)
-        gamma = c.gamma_range * torch.tanh(self.w_gamma(x)).transpose(1, 2)  # (B, H_s, T)
-        logn = log_positions(T, c.log_offset, x.device, beta.dtype)  # (T,)
-        return c.delta + beta * logn.pow(gamma)
-
-    def scale_q(self, q, x):
-        B, H, T, D = q.shape
+    def length_scale(self, x, T):
+        """The per-query scale of the scaled heads, (B, H_s, T), read from the hidden states."""
         if x is None:
             raise ValueError("asentmax reads the hidden states: call attn(q, k, v, x=x) with "
                              f"x of shape (B, T, {self.d_model})")
         if x.shape[-1] != self.d_model or x.shape[-2] != T:
             raise ValueError(f"x must be (B, {T}, {self.d_model}); got {tuple(x.shape)}")
-        factor = self.scale(x.to(self.w_beta.weight.dtype), T)
-        return q * self.head_factor(factor, B, T).to(q.dtype)[..., None]
+        c = self.config
+        x = x.to(self.w_beta.weight.dtype)
+        beta = F.softplus(self.w_beta(x)).transpose(1, 2)  # (B, H_s, T)
+        gamma = c.gamma_range * torch.tanh(self.w_gamma(x)).transpose(1, 2)  # (B, H_s, T)
+        logn = log_positions(T, c.log_offset, x.device, beta.dtype)  # (T,)
+        return c.delta + beta * logn.pow(gamma)

@@ -4,7 +4,7 @@ computed by a kernel backend.
     y = attention_norm(scale(q, x), k, v; causal, bias)        # (B, H, T, D)
 
 Variants subclass ``Attention``, declare a frozen ``Config`` dataclass of their spec keys, and
-override ``normalizer()`` and, for learned length scalings, ``scale_q``.
+override ``normalizer()`` and, for a learned length scaling, ``length_scale``.
 """
 
 from __future__ import annotations
@@ -67,9 +67,20 @@ class Attention(nn.Module):
     def normalizer(self) -> Normalizer:
         raise NotImplementedError
 
+    def length_scale(self, x: torch.Tensor | None, T: int) -> torch.Tensor | None:
+        """The factor a learned length scaling multiplies the queries of the scaled heads by,
+        (B or 1, H_s, T) for query positions 0..T-1 (``x``: the hidden states, (B, T, d_model)),
+        or None: the default, a variant without one. ``scale_q`` applies it, and the
+        evaluation reports it at the probed rows."""
+        return None
+
     def scale_q(self, q: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """The length scaling of the queries; identity unless a variant learns one."""
-        return q
+        """The queries after the length scaling: ``length_scale`` spread over the heads."""
+        T = q.shape[2]
+        factor = self.length_scale(x, T)
+        if factor is None:
+            return q
+        return q * self.head_factor(factor, factor.shape[0], T).to(q.dtype)[..., None]
 
     def head_factor(self, factor: torch.Tensor, B: int, T: int) -> torch.Tensor:
         """Spread a per-scaled-head factor (B or 1, H_s, T) to all heads (ones elsewhere)."""

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from .api import register
 from .base import Attention
-from .normalizer import Normalizer
+from .normalizer import Normalizer, check_alpha
 
 
 @dataclass(frozen=True)
@@ -12,11 +12,7 @@ class EntmaxConfig:
     alpha: float = 1.5
 
     def __post_init__(self):
-        if not 1.0 < self.alpha <= 2.0:
-            raise ValueError(
-                f"alpha={self.alpha} is outside (1, 2]; alpha = 1 is softmax (use 'softmax'), "
-                "alpha = 2 is sparsemax"
-            )
+        check_alpha(self.alpha)
 
 
 @register("entmax")

@@ -7,6 +7,15 @@ from typing import Literal
 
 import torch
 
+KINDS = ("softmax", "entmax", "topk")
+
+
+def check_alpha(alpha: float) -> None:
+    """The entmax alpha range, (1, 2]: a ValueError that names the fix otherwise."""
+    if not 1.0 < alpha <= 2.0:
+        raise ValueError(f"alpha={alpha} is outside (1, 2]; alpha = 1 is softmax (use "
+                         "'softmax'), alpha = 2 is sparsemax")
+
 
 @dataclass(frozen=True)
 class Normalizer:
@@ -18,10 +27,10 @@ class Normalizer:
     k: int = 32
 
     def __post_init__(self):
-        if self.kind not in ("softmax", "entmax", "topk"):
-            raise ValueError(f"unknown normalizer kind {self.kind!r}")
-        if self.kind == "entmax" and not (1.0 < self.alpha <= 2.0):
-            raise ValueError(f"alpha={self.alpha} is outside (1, 2]: use softmax for alpha = 1")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown normalizer kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind == "entmax":
+            check_alpha(self.alpha)
         if self.kind == "topk" and self.k < 1:
             raise ValueError(f"k={self.k} must be at least 1")
 

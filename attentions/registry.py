@@ -1,7 +1,8 @@
 """A registry: one dict behind a decorator, with did-you-mean errors and plugin loading.
 
-Shared by ``attentions`` and ``tasks``. Names are refused twice; third-party entries arrive
-from a file or module (``load_plugin``) or from an entry-point group, read once on first use.
+Shared by ``attentions`` and ``tasks``, which find their built-ins with ``import_modules``.
+Names are refused twice; third-party entries arrive from a file or module (``load_plugin``) or
+from an entry-point group, read once on first use.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import sys
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -130,9 +132,9 @@ def _located(err: BaseException, path: Path | None = None) -> str:
     return f"{type(err).__name__}: {msg}{where}"
 
 
-def decorator(registry: Registry, name: str, wrap: Callable[[str, Any], Any]) -> Callable:
-    def deco(obj):
-        registry.register(name, wrap(name, obj))
-        return obj
-
-    return deco
+def import_modules(package: str, path: Iterable[str]) -> None:
+    """Import every module of a package (not its subpackages, nor names starting with "_"),
+    so that a built-in entry is one file that registers itself on import."""
+    for info in pkgutil.iter_modules(path):
+        if not info.ispkg and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

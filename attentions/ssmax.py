@@ -37,8 +37,6 @@ class SSMax(Attention):
     def normalizer(self) -> Normalizer:
         return Normalizer("softmax")
 
-    def scale_q(self, q, x):
-        B, H, T, D = q.shape
-        logn = log_positions(T, self.config.log_offset, q.device, self.s.dtype)  # (T,)
-        factor = self.s[None, :, None] * logn[None, None, :]  # (1, H_s, T)
-        return q * self.head_factor(factor, 1, T).to(q.dtype)[..., None]
+    def length_scale(self, x, T):
+        logn = log_positions(T, self.config.log_offset, self.s.device, self.s.dtype)  # (T,)
+        return self.s[None, :, None] * logn[None, None, :]  # (1, H_s, T)

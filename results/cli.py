@@ -43,12 +43,13 @@ def ui_cmd(args) -> int:
     chart view; Ctrl-C (or SIGTERM) stops the server and returns within seconds."""
     from . import ui
     from .report import latest
+    from .schema import is_http
     from .tracking import Tracker
 
     tracker = Tracker(args.tracking_uri)  # a corrupt or unreachable store fails here
     ui.model_training_view(tracker)
     found = latest(tracker)
-    if ui.is_http(tracker.uri):
+    if is_http(tracker.uri):
         print(f"the store is a tracking server: its UI is {ui.run_url(tracker.uri, found)}")
         _print_tasks(ui, tracker, tracker.uri)
         return 0

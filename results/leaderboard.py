@@ -4,11 +4,11 @@
 per (task, attention, seed), the newest run; ``table`` aggregates them into the leaderboard CSV
 table, one row per (task, attention, length): exact match and token accuracy as mean and spread
 over seeds (sample standard deviation, empty with one seed), ``multiple`` = length / training
-length; language tasks add perplexity and retrieval accuracy in the same long format
-(docs/design.md, "Leaderboard CSV"). ``render`` (terminal), ``markdown`` and ``html`` lay each
-task out as attention by length, ranked by ``score`` (stated in each table's caption), with the
-best value per column marked on the value itself, and nothing marked in a column where every
-value is 0.
+length; other metrics of the metric table (``tasks.metrics.METRICS``: perplexity, retrieval
+accuracy) add their own columns in the same long format (docs/design.md, "Leaderboard CSV").
+``render`` (terminal), ``markdown`` and ``html`` lay each task out as attention by length,
+ranked by ``score`` (stated in each table's caption), with the best value per column marked on
+the value itself, and nothing marked in a column where every value is 0.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from collections.abc import Iterable
 
 import polars as pl
 
-METRIC_KEY = re.compile(r"^(exact_match|token_acc|perplexity|retrieval_acc)_L(\d+)$")
+from tasks.metrics import COMPANION, METRICS
+from tasks.metrics import headline as headline_of
+
+from . import schema
+
 COLUMNS = ["task", "attention", "length", "multiple", "exact_match_mean", "exact_match_std",
            "token_acc_mean", "token_acc_std", "seeds"]
-EXTRA = ["perplexity", "retrieval_acc"]
-HEADLINE = ("exact_match", "retrieval_acc", "perplexity")  # the first a task reports leads
-LABEL = {"exact_match": "exact match % [token accuracy %], teacher forced",
-         "retrieval_acc": "retrieval accuracy % [token accuracy %]",
-         "perplexity": "perplexity per byte (lower is better)"}
-LOWER_IS_BETTER = {"perplexity"}
-CELL_FILTER = "tags.`suite.kind` = 'cell' and attributes.status = 'FINISHED'"
+BASE = ["exact_match", "token_acc"]  # the metrics of the CSV's fixed columns
+EXTRA = [m for m in METRICS if m not in BASE]  # columns of their own, in the table's order
+CELL_FILTER = schema.where(kind=schema.CELL, status="FINISHED")
 SCHEMA = {"run_id": pl.Utf8, "start": pl.Int64, "task": pl.Utf8, "attention": pl.Utf8,
           "seed": pl.Int64, "profile": pl.Utf8, "device": pl.Utf8, "commit": pl.Utf8,
           "length": pl.Int64, "train_length": pl.Int64, "metric": pl.Utf8, "value": pl.Float64}
@@ -45,17 +45,16 @@ def records(tracker) -> pl.DataFrame:
 
 
 def _run_rows(run) -> Iterable[tuple]:
-    t = run.data.tags
-    commit = t.get("suite.git_commit", "unknown")[:7]
-    if t.get("suite.git_dirty") == "true":
+    t = schema.fields(run.data.tags)
+    commit = t.get("git_commit", "unknown")[:7]
+    if t.get("git_dirty") == "true":
         commit += "+dirty"
-    head = (run.info.run_id, run.info.start_time, t["suite.task"], t["suite.attention"],
-            int(t["suite.seed"]), t.get("suite.profile", ""), t.get("suite.device", ""), commit)
+    head = (run.info.run_id, run.info.start_time, t["task"], t["attention"],
+            int(t["seed"]), t.get("profile", ""), t.get("device", ""), commit)
     for key, value in run.data.metrics.items():
-        m = METRIC_KEY.match(key)
-        if m:
-            yield (*head, int(m.group(2)), int(t.get("suite.train_length", 0)), m.group(1),
-                   value)
+        found = schema.split_metric_key(key)
+        if found and found[0] in METRICS:
+            yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 
 
 def select(recs: pl.DataFrame, profile: str | None = None) -> tuple[pl.DataFrame, str | None]:
@@ -80,7 +79,7 @@ def table(recs: pl.DataFrame) -> pl.DataFrame:
                       values="value", aggregate_function="mean")
     aggs = [pl.col("seed").n_unique().alias("seeds"),
             (pl.col("length") / pl.col("train_length")).first().alias("multiple")]
-    for metric in ["exact_match", "token_acc", *EXTRA]:
+    for metric in METRICS:
         if metric in wide.columns:
             aggs += [pl.col(metric).mean().alias(f"{metric}_mean"),
                      pl.col(metric).std(ddof=1).alias(f"{metric}_std")]
@@ -96,11 +95,10 @@ def csv_text(tab: pl.DataFrame) -> str:
     return tab.write_csv()
 
 
-def score(values: dict[int, float], train_length: int, metric: str = "exact_match"
-          ) -> float | None:
-    """The number a task's rows are ranked by: the mean of ``metric`` over the lengths
-    beyond the training length (all lengths where none is beyond). Shared by the leaderboard
-    (over seed means) and each cell's run (its ``score`` metric)."""
+def score(values: dict[int, float], train_length: int) -> float | None:
+    """The number a task's rows are ranked by: the mean of a metric over the lengths beyond
+    the training length (all lengths where none is beyond). Shared by the leaderboard (over
+    seed means) and each cell's run (its ``score`` metric)."""
     beyond = [v for n, v in values.items() if n > train_length and v is not None]
     if not beyond:
         beyond = [v for v in values.values() if v is not None]
@@ -111,36 +109,39 @@ def score_caption(metric: str, lengths: list[int], train_length: int) -> str:
     beyond = [n for n in lengths if n > train_length]
     over = beyond or lengths
     span = f"{over[0]}" if len(over) == 1 else f"{over[0]}-{over[-1]}"
-    name = LABEL[metric].split(" %")[0].split(" (")[0]
+    m = METRICS[metric]
+    name = m.label.split(" %")[0].split(" (")[0]
     where = "beyond training" if beyond else "every length"
-    tail = "; ties: mean token accuracy there" if metric != "perplexity" else ", lowest first"
+    tail = "; ties: mean token accuracy there" if m.percent else (
+        ", lowest first" if m.better == "min" else "")
     return f"rank: score = mean {name} at {span} ({where}){tail}"
 
 
 def ranking(part: pl.DataFrame) -> list[tuple[str, float | None, float | None]]:
-    """One task's attentions in rank order: (attention, score, tie-breaker). Higher score
-    first (lower for perplexity), then higher mean token accuracy over the same lengths,
-    then the name; an attention without a score goes last."""
+    """One task's attentions in rank order: (attention, score, tie-breaker). The better score
+    first (higher, or lower for a lower-is-better metric such as perplexity), then the higher
+    mean token accuracy over the same lengths, then the name; no score goes last."""
     metric = headline(part)
     train = _train_length(part)
     out = []
     for (att,), sub in part.group_by("attention", maintain_order=True):
         rows = {r["length"]: r for r in sub.iter_rows(named=True)}
-        main = score({n: r[f"{metric}_mean"] for n, r in rows.items()}, train, metric)
-        tie = score({n: r.get("token_acc_mean") for n, r in rows.items()}, train)
+        main = score({n: r[f"{metric}_mean"] for n, r in rows.items()}, train)
+        tie = score({n: r.get(f"{COMPANION}_mean") for n, r in rows.items()}, train)
         out.append((att, main, tie))
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    sign = 1.0 if METRICS[metric].better == "min" else -1.0
     return sorted(out, key=lambda r: (r[1] is None, sign * (r[1] or 0.0),
                                       -(r[2] or 0.0), r[0]))
 
 
 def headline(part: pl.DataFrame) -> str:
-    """The metric a task is ranked by: the first of HEADLINE it reports."""
-    for metric in HEADLINE:
-        col = f"{metric}_mean"
-        if col in part.columns and part[col].is_not_null().any():
-            return metric
-    return "exact_match"
+    """The metric a task is ranked by: its first headline metric (``tasks.metrics``)."""
+    reported = [m for m in METRICS if f"{m}_mean" in part.columns
+                and part[f"{m}_mean"].is_not_null().any()]
+    try:
+        return headline_of(reported)
+    except ValueError:  # no headline metric at all: rank by exact match (empty cells)
+        return "exact_match"
 
 
 def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], str]:
@@ -155,7 +156,7 @@ def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], st
     best = {n: _best(part.filter(pl.col("length") == n)[key].to_list(), metric)
             for n in lengths}
     best_score = _best([r[1] for r in ranked], metric)
-    digits = 2 if metric == "perplexity" else 1
+    digits = METRICS[metric].digits
     by_att = {att: {r["length"]: r for r in sub.iter_rows(named=True)}
               for (att,), sub in part.group_by("attention", maintain_order=True)}
     rows = []
@@ -173,7 +174,7 @@ def _best(values: list, metric: str) -> float | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    if metric in LOWER_IS_BETTER:
+    if METRICS[metric].better == "min":
         return min(values)
     top = max(values)
     return top if top > 0 else None
@@ -184,9 +185,9 @@ def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, 
     if row is None or row[f"{metric}_mean"] is None:
         return None
     value, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    digits = 2 if metric == "perplexity" else 1
+    digits = METRICS[metric].digits
     tail = f"±{std:.{digits}f}" if std is not None else ""
-    if metric != "perplexity" and row.get("token_acc_mean") is not None:
+    if METRICS[metric].percent and row.get("token_acc_mean") is not None:
         tail += f" [{row['token_acc_mean']:.1f}]"
     return f"{value:.{digits}f}", tail, best is not None and value == best
 
@@ -210,7 +211,7 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
     out = []
     for task, part in _tasks(tab):
         metric, heads, rows, caption = grid(part)
-        out += [f"{task}: {LABEL[metric]}; mean±std over seeds; training length "
+        out += [f"{task}: {METRICS[metric].label}; mean±std over seeds; training length "
                 f"{_train_length(part)}",
                 f"{caption}; * best per column (none where all are 0)",
                 *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
@@ -240,7 +241,7 @@ def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = 
     for task, part in _tasks(tab):
         metric, heads, rows, caption = grid(part)
         out += [f"## {task}", "",
-                f"{LABEL[metric]}; mean±std over seeds; training length "
+                f"{METRICS[metric].label}; mean±std over seeds; training length "
                 f"{_train_length(part)}; {caption}; **bold**: best per column (none where all "
                 "are 0)", ""]
         out += _md_table(["attention", *heads],
@@ -283,7 +284,7 @@ def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
     for task, part in _tasks(tab):
         metric, heads, rows, caption = grid(part)
         out += [f"<h2>{e(task)}</h2>",
-                f"<p>{e(LABEL[metric])}; mean±std over seeds; training length "
+                f"<p>{e(METRICS[metric].label)}; mean±std over seeds; training length "
                 f"{_train_length(part)}; {e(caption)}; <b>bold</b>: best per column (none "
                 "where all are 0)</p>",
                 _html_table(["attention", *heads],

@@ -2,8 +2,11 @@
 
 ``suite run --tracking-uri jsonl:PATH`` appends every event of every run to one JSON-lines
 file instead of a tracking store; ``suite import PATH`` replays it into a real store (the
-embedded one by default), keeping params, tags, metrics with their steps, artifacts and the
-final status (FINISHED or FAILED). Nothing here imports mlflow.
+embedded one by default; ``results.tracking.replay``), keeping params, tags, metrics with their
+steps, artifacts and the final status (FINISHED, FAILED, or KILLED on Ctrl-C). A damaged log
+(a cut last line, garbage between lines) still gives every complete run (``parse``). Nothing
+here imports mlflow: the log holds the same schema (``results.schema``) that a tracking store
+would.
 """
 
 from __future__ import annotations
@@ -17,18 +20,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-PREFIX = "jsonl:"
-HASH_TAG = "suite.config_hash"
-
-
-def is_offline(uri: str | None) -> bool:
-    return bool(uri) and uri.startswith(PREFIX)
+from . import schema
 
 
 class JsonlTracker:
     def __init__(self, uri: str):
         self.uri = uri
-        self.path = Path(uri.removeprefix(PREFIX)).expanduser()
+        self.path = Path(uri.removeprefix(schema.OFFLINE_PREFIX)).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
@@ -47,7 +45,7 @@ class JsonlTracker:
         starts, done = {}, None
         for rec in read(self.path):
             if rec["event"] == "start" and rec["experiment"] == experiment and \
-                    rec["tags"].get(HASH_TAG) == config_hash:
+                    rec["tags"].get(schema.HASH) == config_hash:
                 starts[rec["run"]] = True
             if rec["event"] == "end" and rec["status"] == "FINISHED" and rec["run"] in starts:
                 done = rec["run"]
@@ -77,20 +75,24 @@ class JsonlRunLog:
     def __init__(self, tracker: JsonlTracker, run: str):
         self.tracker, self.run = tracker, run
 
-    def params(self, params: Mapping[str, Any]) -> None:
-        self.tracker._write({"event": "params", "run": self.run,
-                             "params": {k: str(v) for k, v in params.items()}})
+    @property
+    def run_id(self) -> str:
+        return self.run
 
     def metrics(self, values: Mapping[str, float], step: int) -> None:
         self.tracker._write({"event": "metrics", "run": self.run, "step": int(step),
                              "values": {k: float(v) for k, v in values.items()},
                              "time": time.time()})
 
-    def tags(self, tags: Mapping[str, str]) -> None:
-        self.tracker._write({"event": "tags", "run": self.run, "tags": dict(tags)})
-
     def dict(self, obj: Any, name: str) -> None:
         self.tracker._write({"event": "dict", "run": self.run, "name": name, "obj": obj})
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        self.tracker._write({"event": "params", "run": self.run,
+                             "params": {k: str(v) for k, v in params.items()}})
+
+    def tags(self, tags: Mapping[str, str]) -> None:
+        self.tracker._write({"event": "tags", "run": self.run, "tags": dict(tags)})
 
     def table(self, columns: Mapping[str, list], name: str) -> None:
         self.tracker._write({"event": "table", "run": self.run, "name": name,
@@ -147,22 +149,16 @@ def read(path: Path, bad: list | None = None) -> Iterator[dict]:
                     bad.append(err)
 
 
-def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Import an offline log into a tracking store; runs already there (same config hash,
-    FINISHED) are skipped. A damaged log (a cut last line, garbage in between) still gives
-    every run whose events are all readable: lines that are not events are skipped and
-    counted, the first named (``first_bad``); a run that was open where a line is damaged,
-    or cut off before its end, is imported FAILED with that reason, never FINISHED. A file
-    with no event at all is refused (ValueError) before the store is touched. Returns the
-    counts."""
-    from .tracking import Tracker
-
-    path = Path(path)
+def parse(path: Path) -> tuple[dict[str, dict], list[BadLine]]:
+    """The runs of a log by id (start record, ``events``, ``status``, ``error``) and its bad
+    lines. A run that was open where a line is damaged gets ``damaged`` (that line); a run the
+    log leaves without an end keeps status RUNNING. A log without any run is refused
+    (ValueError) before a store is touched."""
     bad: list[BadLine] = []
     runs: dict[str, dict] = {}
-    order, seen_bad, open_runs = 0, 0, set()
+    seen_bad, open_runs = 0, set()
 
-    def damage() -> None:  # a bad line: the runs open around it may miss events
+    def damage() -> None:  # the runs open around a bad line may miss events
         for run in open_runs:
             runs[run]["damaged"] = str(bad[seen_bad])
 
@@ -172,99 +168,18 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
             seen_bad = len(bad)
         if rec["event"] == "start":
             open_runs.add(rec["run"])
-            runs[rec["run"]] = {**rec, "metrics": [], "dicts": [], "tables": [],
-                                "datasets": [], "status": "RUNNING", "more_params": {},
-                                "more_tags": {}, "order": order}
-            order += 1
+            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None}
         elif rec["run"] in runs:
             r = runs[rec["run"]]
-            ev = rec["event"]
-            if ev == "metrics":
-                r["metrics"].append(rec)
-            elif ev == "params":
-                r["more_params"].update(rec["params"])
-            elif ev == "tags":
-                r["more_tags"].update(rec["tags"])
-            elif ev == "dict":
-                r["dicts"].append((rec["name"], rec["obj"]))
-            elif ev == "table":
-                r["tables"].append((rec["name"], rec["columns"]))
-            elif ev == "dataset":
-                r["datasets"].append(rec)
-            elif ev == "end":
+            if rec["event"] == "end":
                 r["status"], r["error"] = rec["status"], rec.get("error")
                 open_runs.discard(rec["run"])
+            else:
+                r["events"].append(rec)
     if len(bad) > seen_bad:
         damage()
     if not runs:
         first = f"; {bad[0]}" if bad else ""
         raise ValueError(f"{path}: no run in it: not an offline run log (written by "
                          f"--tracking-uri jsonl:PATH){first}")
-    counts: dict[str, Any] = {"imported": 0, "skipped": 0, "bad_lines": len(bad),
-                              "first_bad": str(bad[0]) if bad else None, "incomplete": 0}
-    tracker = Tracker(tracking_uri)
-    for r in runs.values():
-        if r.get("damaged"):
-            counts["incomplete"] += 1
-            r["status"] = "FAILED"
-            r["error"] = f"a damaged line while this run was logged ({r['damaged']})"
-        elif r["status"] not in ("FINISHED", "FAILED", "KILLED"):
-            counts["incomplete"] += 1
-            r["status"] = "FAILED"
-            r["error"] = (f"the log {path} ends before this run did (cut off, or the job was "
-                          "killed): imported FAILED")
-        h = r["tags"].get(HASH_TAG)
-        if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
-            counts["skipped"] += 1
-            continue
-        _import_run(tracker, r, path)
-        counts["imported"] += 1
-    return counts
-
-
-def _import_run(tracker, r: dict, path: Path) -> None:
-    """One run into the store; it ends with the log's status, or FAILED (KILLED on Ctrl-C)
-    if the store fails half-way, never RUNNING."""
-    from mlflow.entities import Metric, Param, RunStatus
-
-    from .tracking import store_errors
-
-    exp_id = tracker.experiment(r["experiment"], r.get("description"))
-    tags = {**r["tags"], **r["more_tags"], "suite.imported_from": str(path)}
-    if r.get("error"):
-        tags["suite.error"] = str(r["error"])[:4900]
-    with store_errors(tracker.uri, "write to"):
-        run = tracker.client.create_run(exp_id, run_name=r["name"], tags=tags,
-                                        start_time=int(r["time"] * 1000))
-    rid = run.info.run_id
-    try:
-        with store_errors(tracker.uri, "write to"):
-            client = tracker.client
-            params = [Param(k, str(v)[:6000])
-                      for k, v in {**r["params"], **r["more_params"]}.items()]
-            for i in range(0, len(params), 100):
-                client.log_batch(rid, params=params[i:i + 100])
-            metrics = [Metric(k, float(v), int(rec["time"] * 1000), int(rec["step"]))
-                       for rec in r["metrics"] for k, v in rec["values"].items()]
-            for i in range(0, len(metrics), 500):
-                client.log_batch(rid, metrics=metrics[i:i + 500])
-            for name, obj in r["dicts"]:
-                client.log_dict(rid, obj, name)
-            for name, columns in r["tables"]:
-                client.log_table(rid, columns, name)
-            if r["datasets"]:
-                from .tracking import RunLog
-
-                log = RunLog(client, rid)
-                for d in r["datasets"]:
-                    log.dataset(d["name"], d["digest"], d["source"], d["profile"],
-                                d.get("context", "train"))
-    except BaseException as err:
-        status = RunStatus.FAILED if isinstance(err, Exception) else RunStatus.KILLED
-        with contextlib.suppress(Exception):
-            tracker.client.set_tag(rid, "suite.error", f"import stopped: {err}"[:4900])
-        with contextlib.suppress(Exception):
-            tracker.client.set_terminated(rid, RunStatus.to_string(status))
-        raise
-    with store_errors(tracker.uri, "write to"):
-        tracker.client.set_terminated(rid, r["status"])
+    return runs, bad

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import polars as pl
 
-from .leaderboard import LABEL, _tasks, _train_length, headline, ranking
+from tasks.metrics import METRICS
+
+from .leaderboard import _tasks, _train_length, headline, ranking
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
@@ -60,7 +62,7 @@ def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> 
         y = sub[f"{metric}_mean"].to_numpy()
         s = sub[f"{metric}_std"].fill_null(0.0).to_numpy()
         lo, hi = y - s, y + s
-        if metric != "perplexity":  # percentages: the band stays inside 0..100
+        if METRICS[metric].percent:  # percentages: the band stays inside 0..100
             lo, hi = lo.clip(0, 100), hi.clip(0, 100)
         ax.fill_between(x, lo, hi, color=colour, alpha=0.12, linewidth=0)
         ax.errorbar(x, y, yerr=[y - lo, hi - y], color=colour, marker=marker, markersize=6,
@@ -73,8 +75,8 @@ def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> 
     ax.minorticks_off()
     ax.set_title(task)
     ax.set_xlabel("evaluation length (dashed: training length)")
-    ax.set_ylabel(LABEL[metric].split(" [")[0].split(" (")[0])
-    if metric != "perplexity":
+    ax.set_ylabel(METRICS[metric].label.split(" [")[0].split(" (")[0])
+    if METRICS[metric].percent:
         ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
 

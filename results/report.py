@@ -22,10 +22,11 @@ from pathlib import Path
 import polars as pl
 
 from . import leaderboard as lb
+from . import schema
 from . import speed as sp
 
-EXPERIMENT = "leaderboard"
-KIND_FILTER = "tags.`suite.kind` = 'leaderboard' and attributes.status = 'FINISHED'"
+EXPERIMENT = schema.LEADERBOARD_EXPERIMENT
+KIND_FILTER = schema.where(kind=schema.LEADERBOARD, status="FINISHED")
 NOTE_LIMIT = 7900  # MLflow tag values hold 8000 characters
 
 
@@ -135,8 +136,8 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
 
     md = next((p.read_text() for p in rep.files if p.suffix == ".md"), "")
     note = md if len(md) <= NOTE_LIMIT else md[:NOTE_LIMIT] + "\n\n(cut: see leaderboard.md)"
-    tags = {"suite.kind": "leaderboard", "suite.profile": rep.profile or "",
-            "mlflow.note.content": note, **{f"suite.{k}": v for k, v in git_state().items()}}
+    tags = {schema.KIND: schema.LEADERBOARD, schema.tag("profile"): rep.profile or "",
+            "mlflow.note.content": note, **{schema.tag(k): v for k, v in git_state().items()}}
     params = {"profile": rep.profile or "", "rows": rep.table.height,
               "tasks": ",".join(rep.table["task"].unique(maintain_order=True))}
     tags["suite.current"] = "true"
@@ -151,11 +152,11 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
             if scores:
                 log.metrics(scores, step=0)
             for path in rep.files:
-                tracker.client.log_artifact(log.run_id, str(path))
-            tracker.client.log_text(log.run_id, rep.text + "\n", "leaderboard.txt")
-            tracker.client.log_table(log.run_id, _columns(rep.table), "leaderboard_table.json")
+                log.artifact(path)
+            log.text(rep.text + "\n", "leaderboard.txt")
+            log.table(_columns(rep.table), "leaderboard_table.json")
             if not rep.speed.is_empty():
-                tracker.client.log_table(log.run_id, _columns(rep.speed), "speed_table.json")
+                log.table(_columns(rep.speed), "speed_table.json")
             run_id = log.run_id
         _supersede(tracker, older, run_id)
     except TrackingError as err:
@@ -197,11 +198,8 @@ def _columns(df: pl.DataFrame) -> dict[str, list]:
 
 def latest(tracker) -> tuple[str, str] | None:
     """(experiment id, run id) of the newest finished leaderboard run, if any."""
-    from .tracking import store_errors
-
-    with store_errors(tracker.uri, "read"):
-        exp = tracker.client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
+    exp_id = tracker.existing(EXPERIMENT)
+    if exp_id is None:
         return None
-    run = next(iter(tracker.search([exp.experiment_id], KIND_FILTER)), None)
-    return (exp.experiment_id, run.info.run_id) if run else None
+    run = next(iter(tracker.search([exp_id], KIND_FILTER)), None)
+    return (exp_id, run.info.run_id) if run else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,10 +16,12 @@ from typing import Any
 
 import polars as pl
 
-EXPERIMENT = "bench"
+from . import schema
+
+EXPERIMENT = schema.BENCH_EXPERIMENT
 TABLE = "bench_table.json"
 BASELINE = "sdpa_softmax"
-FILTER = "tags.`suite.kind` = 'bench' and attributes.status = 'FINISHED'"
+FILTER = schema.where(kind=schema.BENCH, status="FINISHED")
 SCHEMA = {"device": pl.Utf8, "impl": pl.Utf8, "T": pl.Int64, "pass": pl.Utf8,
           "median_ms": pl.Float64}
 
@@ -31,7 +32,7 @@ def metric_key(row: Mapping[str, Any]) -> str:
 
 
 def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None,
-              kind: str = "bench") -> str:
+              kind: str = schema.BENCH) -> str:
     """Store one `suite bench` run; returns its run id. If the store fails, the rows are kept
     in ``results/bench-unlogged-<time>.json`` and the error names that file and the URI.
     ``kind`` "bench" is the kernel table (experiment ``bench``, read back by ``records``);
@@ -44,17 +45,17 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
     try:
         tracker = Tracker(tracking_uri)
         device = str(rows[0].get("device", "")) if rows else ""
-        tags = {"suite.kind": kind, "suite.device": device,
-                **{f"suite.{k}": v for k, v in git_state().items()}}
-        about = (f"`suite bench{' --train' if kind == 'bench_train' else ''}` runs, one per "
-                 "measurement, named by device. The rows are the table bench_table.json; the "
-                 "metrics are median times per implementation and pass, with the sequence "
+        tags = {schema.KIND: kind, schema.tag("device"): device,
+                **{schema.tag(k): v for k, v in git_state().items()}}
+        about = (f"`suite bench{' --train' if kind == schema.BENCH_TRAIN else ''}` runs, one "
+                 "per measurement, named by device. The rows are the table bench_table.json; "
+                 "the metrics are median times per implementation and pass, with the sequence "
                  "length as the step (the chart view draws them against length).")
         with tracker.run(kind, f"{kind} | {device}", {"rows": len(rows)}, tags,
                          description=about) as log:
             for row in rows:
                 log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
-            tracker.client.log_table(log.run_id, _columns(rows), TABLE)
+            log.table(_columns(rows), TABLE)
             return log.run_id
     except TrackingError as err:
         kept = _keep(rows)
@@ -94,25 +95,18 @@ def kept_rows(data: Any) -> list[dict] | None:
 
 def records(tracker) -> pl.DataFrame:
     """The rows of the newest FINISHED bench run per device, with ``ratio`` to BASELINE."""
-    from .tracking import store_errors
-
-    with store_errors(tracker.uri, "read"):
-        exp = tracker.client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
+    exp_id = tracker.existing(EXPERIMENT)
+    if exp_id is None:
         return pl.DataFrame(schema={**SCHEMA, "ratio": pl.Float64})
     newest: dict[str, str] = {}
-    for run in tracker.search([exp.experiment_id], FILTER):  # newest first
-        newest.setdefault(run.data.tags.get("suite.device", ""), run.info.run_id)
+    for run in tracker.search([exp_id], FILTER):  # newest first
+        newest.setdefault(run.data.tags.get(schema.tag("device"), ""), run.info.run_id)
     frames = [_table(tracker, run_id, device) for device, run_id in newest.items()]
     return ratios(pl.concat(frames) if frames else pl.DataFrame(schema=SCHEMA))
 
 
 def _table(tracker, run_id: str, device: str) -> pl.DataFrame:
-    from .tracking import store_errors
-
-    with tempfile.TemporaryDirectory() as tmp, store_errors(tracker.uri, "read"):
-        path = tracker.client.download_artifacts(run_id, TABLE, tmp)
-        data = json.loads(Path(path).read_text())
+    data = json.loads(tracker.artifact_text(run_id, TABLE))
     df = pl.DataFrame(data["data"], schema=data["columns"], orient="row")
     return df.select(pl.lit(device).alias("device"), pl.col("impl").cast(pl.Utf8),
                      pl.col("T").cast(pl.Int64), pl.col("pass").cast(pl.Utf8),

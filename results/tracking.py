@@ -1,9 +1,8 @@
-"""MLflow tracking: where runs go, what they carry, and how a cell's run begins and ends.
+"""MLflow tracking: where runs go, and how a run begins and ends (what runs carry: ``schema``).
 
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite file
-``results/mlflow.db`` (artifacts in ``results/mlartifacts``). One experiment per task; a run
-carries the flattened config as params, tags (config hash, versions, git commit and dirty flag,
-device) and metrics per length, with the length in the key and also as the step.
+``results/mlflow.db`` (artifacts in ``results/mlartifacts``). ``Tracker`` is the MLflow side of
+the tracker interface described in ``results.store``; ``replay`` loads an offline log into it.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _name in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+from . import schema  # noqa: E402
 from .errors import TrackingError, reason  # noqa: E402,F401
-from .offline import HASH_TAG  # noqa: E402,F401
 
 DEFAULT_DIR = Path("results")
 #: the experiment tag the MLflow UI reads to open an experiment in its model-training view
@@ -63,7 +62,7 @@ def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
 
 def probe_http(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds when an http(s) store does not answer at all (no MLflow retries)."""
-    if not uri.startswith(("http://", "https://")):
+    if not schema.is_http(uri):
         return
     import requests
 
@@ -96,8 +95,7 @@ def check_writable(uri: str) -> None:
             os.unlink(probe)
         except OSError as err:
             raise TrackingError(f"the store directory {directory} is not writable "
-                                f"({reason(err)}); "
-                                f"{fix}") from None
+                                f"({reason(err)}); {fix}") from None
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
         raise TrackingError(f"the store {db} is not writable (permission denied); {fix}")
 
@@ -142,19 +140,30 @@ class Tracker:
                     self.client.set_experiment_tag(exp_id, key, value)
             return exp_id
 
-    def finished(self, experiment: str, config_hash: str) -> str | None:
-        """The id of a FINISHED run with this config hash, if any."""
+    def existing(self, experiment: str) -> str | None:
+        """The id of an experiment, or None where the store has none of that name."""
         with store_errors(self.uri, "read"):
             exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                return None
+        return exp.experiment_id if exp is not None else None
+
+    def finished(self, experiment: str, config_hash: str) -> str | None:
+        """The id of a FINISHED run with this config hash, if any."""
+        exp_id = self.existing(experiment)
+        if exp_id is None:
+            return None
+        with store_errors(self.uri, "read"):
             runs = self.client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`{HASH_TAG}` = '{config_hash}' and "
-                              "attributes.status = 'FINISHED'",
-                max_results=1,
-            )
+                [exp_id], filter_string=schema.where(config_hash=config_hash, status="FINISHED"),
+                max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def runs(self, experiment: str, **conditions) -> list[str]:
+        """The ids of the experiment's runs that match ``schema.where(**conditions)``, newest
+        first."""
+        exp_id = self.existing(experiment)
+        if exp_id is None:
+            return []
+        return [run.info.run_id for run in self.search([exp_id], schema.where(**conditions))]
 
     def search(self, experiment_ids: list[str], filter_string: str) -> Iterator:
         """Every run that matches, page by page (newest first)."""
@@ -169,6 +178,13 @@ class Tracker:
             if not token:
                 return
 
+    def artifact_text(self, run_id: str, name: str) -> str:
+        """The text of one of a run's artifacts."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp, store_errors(self.uri, "read"):
+            return Path(self.client.download_artifacts(run_id, name, tmp)).read_text()
+
     def experiment_ids(self) -> list[str]:
         with store_errors(self.uri, "read"):
             return [e.experiment_id for e in self.client.search_experiments()]
@@ -178,27 +194,49 @@ class Tracker:
             tags: Mapping[str, str], description: str | None = None) -> Iterator[RunLog]:
         """A run that ends FINISHED when the block completes, FAILED (with the error as a tag
         and error.txt) when it raises, KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt or
-        SystemExit); never FINISHED after an error."""
+        SystemExit); never FINISHED after an error. ``description``: the experiment's."""
+        log = self.start(experiment, name, tags, params, description=description)
+        try:
+            yield log
+        except BaseException as err:
+            self._fail(log.run_id, err)
+            raise
+        self.end(log.run_id, "FINISHED")
+
+    def start(self, experiment: str, name: str, tags: Mapping[str, str],
+              params: Mapping[str, Any] | None = None, start_time: int | None = None,
+              description: str | None = None) -> RunLog:
+        """A new RUNNING run (``start_time`` in ms, default now) with its tags and params; the
+        caller ends it with ``end`` (``run`` does both)."""
         exp_id = self.experiment(experiment, description)
         with store_errors(self.uri, "write to"):
-            run = self.client.create_run(exp_id, run_name=name, tags=dict(tags))
+            run = self.client.create_run(exp_id, run_name=name, tags=dict(tags),
+                                         start_time=start_time)
         log = RunLog(self.client, run.info.run_id)
         try:
             with store_errors(self.uri, "write to"):
-                log.params(params)
-            yield log
+                log.params(params or {})
         except BaseException as err:
-            self._fail(run.info.run_id, err)
+            self._fail(log.run_id, err)
             raise
+        return log
+
+    def end(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """Set the tags, then end the run with ``status`` (FINISHED, FAILED or KILLED; a run
+        ended before may be ended again, e.g. a FINISHED duplicate made KILLED)."""
+        if status not in schema.STATUSES[1:]:
+            raise ValueError(f"end a run FINISHED, FAILED or KILLED, not {status!r}")
         with store_errors(self.uri, "write to"):
-            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+            for key, value in (tags or {}).items():
+                self.client.set_tag(run_id, key, str(value))
+            self.client.set_terminated(run_id, status)
 
     def _fail(self, run_id: str, err: BaseException) -> None:
         """Record the error, each step on its own, so that a failing step cannot keep the
         run from ending FAILED (the store may be the thing that failed)."""
         status = RunStatus.FAILED if isinstance(err, Exception) else RunStatus.KILLED
-        steps = (lambda: self.client.set_tag(run_id, "suite.error",
-                                             f"{type(err).__name__}: {err}"[:4900]),
+        steps = (lambda: self.client.set_tag(run_id, schema.ERROR, f"{type(err).__name__}: "
+                                             f"{err}"[:schema.ERROR_LIMIT]),
                  lambda: self.client.log_text(run_id, traceback.format_exc(), "error.txt"),
                  lambda: self.client.set_terminated(run_id, RunStatus.to_string(status)))
         for step in steps:
@@ -217,26 +255,34 @@ class RunLog:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def metrics(self, values: Mapping[str, float], step: int) -> None:
+    def metrics(self, values: Mapping[str, float], step: int, timestamp: int | None = None
+                ) -> None:
+        """The values at one step (``timestamp`` in ms, default now)."""
         import time
 
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         items = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
-    def tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
     def dict(self, obj: Any, name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)
 
+    def text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
     def table(self, columns: Mapping[str, list], name: str) -> None:
-        """A table artifact the UI shows as a table (columns of equal length)."""
+        """A table (column name -> values) that the MLflow UI shows (``log_table``)."""
         self.client.log_table(self.run_id, dict(columns), name)
+
+    def artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
 
     def dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any],
                 context: str = "train") -> None:
@@ -260,3 +306,67 @@ def _art(uri: str, name: str) -> str | None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
+
+
+def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Import an offline log (``results.offline``) into a tracking store; runs already there
+    (same config hash, FINISHED) are skipped. A damaged log (a cut last line, garbage in
+    between) still gives every run whose events are all readable: lines that are not events
+    are skipped and counted, the first named (``first_bad``); a run that was open where a
+    line is damaged, or cut off before its end, is imported FAILED with that reason, never
+    FINISHED. A file with no run at all is refused (ValueError) before the store is touched.
+    Returns the counts."""
+    from .offline import parse
+
+    path = Path(path)
+    runs, bad = parse(path)
+    counts: dict[str, Any] = {"imported": 0, "skipped": 0, "bad_lines": len(bad),
+                              "first_bad": str(bad[0]) if bad else None, "incomplete": 0}
+    tracker = Tracker(tracking_uri)
+    for r in runs.values():
+        if r.get("damaged"):
+            counts["incomplete"] += 1
+            r["status"], r["error"] = "FAILED", (f"a damaged line while this run was logged "
+                                                 f"({r['damaged']})")
+        elif r["status"] not in ("FINISHED", "FAILED", "KILLED"):
+            counts["incomplete"] += 1  # its machine stopped mid-cell, or the log was cut
+            r["status"], r["error"] = "FAILED", (f"the log {path} ends before this run did "
+                                                 "(cut off, or the job was killed)")
+        h = r["tags"].get(schema.HASH)
+        if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
+            counts["skipped"] += 1
+            continue
+        _import_run(tracker, r, path)
+        counts["imported"] += 1
+    return counts
+
+
+def _import_run(tracker: Tracker, r: dict, path: Path) -> None:
+    """One run into the store; it ends with the log's status, or FAILED (KILLED on Ctrl-C)
+    if the store fails half-way, never RUNNING."""
+    tags = {**r["tags"], schema.IMPORTED_FROM: str(path)}
+    if r["error"]:
+        tags[schema.ERROR] = str(r["error"])[:schema.ERROR_LIMIT]
+    log = tracker.start(r["experiment"], r["name"], tags, r["params"],
+                        start_time=int(r["time"] * 1000), description=r.get("description"))
+    try:
+        with store_errors(tracker.uri, "write to"):
+            for rec in r["events"]:
+                ev = rec["event"]
+                if ev == "metrics":
+                    log.metrics(rec["values"], rec["step"], timestamp=int(rec["time"] * 1000))
+                elif ev == "dict":
+                    log.dict(rec["obj"], rec["name"])
+                elif ev == "params":
+                    log.params(rec["params"])
+                elif ev == "tags":
+                    log.tags(rec["tags"])
+                elif ev == "table":
+                    log.table(rec["columns"], rec["name"])
+                elif ev == "dataset":
+                    log.dataset(rec["name"], rec["digest"], rec["source"], rec["profile"],
+                                rec.get("context", "train"))
+    except BaseException as err:
+        tracker._fail(log.run_id, err)
+        raise
+    tracker.end(log.run_id, r["status"])

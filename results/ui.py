@@ -22,10 +22,6 @@ SERVER_ENV = {**TELEMETRY_OFF, "DO_NOT_TRACK": "true",
               "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false"}
 
 
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 VIEW = "?workflowType=machine_learning"  # the UI's model-training view, not its GenAI one
 
 

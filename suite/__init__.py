@@ -1,3 +1,3 @@
 """The attention suite: models, training, evaluation, sweeps, benchmarks and the ``suite`` CLI."""
 
-__version__ = "0.2.0"
+from .version import __version__  # noqa: F401

@@ -8,6 +8,8 @@ import sys
 
 import attentions
 
+from .profiles import PROFILES
+
 
 def _plugins(args) -> None:
     for target in getattr(args, "plugin", None) or []:
@@ -45,24 +47,26 @@ def cmd_show(args) -> int:
 def cmd_run(args) -> int:
     _plugins(args)
     from . import checks
-    from .run import plan, sweep
+    from .run import plan
 
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
                  check_device=args.executor != "ray", steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
     checks.cells(cells, args.executor)  # every cell can run: refused now, not after training
-    from results.offline import is_offline
+    from results.schema import is_offline
 
     if not is_offline(args.tracking_uri):
         checks.results_dir()  # the leaderboard files (and the default store) go there
     checks.checkpoints()
     if args.executor == "ray":
-        from .ray_executor import sweep_ray
+        from .executors.ray import sweep_ray
 
         failed = sweep_ray(cells, args.tracking_uri, args.ray_address,
                            progress=not args.no_progress)
     else:
+        from .executors.local import sweep
+
         failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
     if is_offline(args.tracking_uri):
@@ -98,7 +102,7 @@ def cmd_ui(args) -> int:
 def cmd_import(args) -> int:
     from pathlib import Path
 
-    from results.offline import replay
+    from results.tracking import replay
 
     path = Path(args.path)
     if not path.is_file():
@@ -125,7 +129,7 @@ def cmd_bench_train(args) -> int:
 
     import torch
 
-    from . import bench_train
+    from .bench import train as bench_train
 
     if args.from_json:
         with open(args.from_json) as fh:
@@ -138,29 +142,30 @@ def cmd_bench_train(args) -> int:
         if not cells or min(cells) < 1:
             raise attentions.SpecError(f"--cells {args.cells}: give counts >= 1, e.g. 1,2,4")
         atts = [attentions.canonical_spec(a) for a in (args.attention or
-                                                       ("softmax", "entmax", "asentmax"))]
+                                                       bench_train.ATTENTIONS)]
         if bench_train.BASELINE not in atts:
             atts.insert(0, bench_train.BASELINE)
-        result = bench_train.run(args.task or ["mqmtar", "sort"], atts, args.profile, device,
+        result = bench_train.run(args.task or list(bench_train.TASKS), atts, args.profile, device,
                                  steps=args.train_steps, warmup=args.warmup, cells=cells,
                                  out=args.out)
     print(bench_train.format_table(result))
     if not args.no_log:
+        from results.schema import BENCH_TRAIN
         from results.speed import log_bench
 
-        run_id = log_bench(bench_train.long_rows(result), args.tracking_uri, kind="bench_train")
+        run_id = log_bench(bench_train.long_rows(result), args.tracking_uri, kind=BENCH_TRAIN)
         print(f"logged: bench_train run {run_id}")
     return 0
 
 
 def _from_json(path: str) -> list[dict]:
-    """The rows of ``--from-json``: a table of ``python -m suite.bench_cuda --out PATH``, or
+    """The rows of ``--from-json``: a table of ``python -m suite.bench.cuda --out PATH``, or
     the rows `suite bench` kept when the store could not take them."""
     import json
 
     from results.speed import kept_rows
 
-    from . import bench_cuda
+    from .bench import cuda as bench_cuda
 
     try:
         with open(path) as fh:
@@ -173,7 +178,7 @@ def _from_json(path: str) -> list[dict]:
         return rows
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise attentions.SpecError(
-            f"--from-json {path}: not a table written by `python -m suite.bench_cuda --out "
+            f"--from-json {path}: not a table written by `python -m suite.bench.cuda --out "
             f"PATH` nor rows kept by `suite bench` ({type(err).__name__}: {err})") from err
 
 
@@ -189,23 +194,23 @@ def cmd_bench(args) -> int:
     if args.train or (args.from_json and _json_kind(args.from_json) == "train"):
         return cmd_bench_train(args)
     if args.from_json:
-        from . import bench
-
         rows = _from_json(args.from_json)
     elif args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise attentions.SpecError("--device cuda: no CUDA device is visible here")
-        from . import bench, bench_cuda
+        from .bench import cuda as bench_cuda
 
         rows = bench_cuda.run(args.lengths or bench_cuda.LENGTHS)
     else:
-        from . import bench
+        from .bench import cpu
 
-        rows = bench.run(device=args.device, lengths=args.lengths or bench.LENGTHS,
-                         repeats=args.repeats)
-    print(bench.format_table(rows))
+        rows = cpu.run(device=args.device, lengths=args.lengths or cpu.LENGTHS,
+                       repeats=args.repeats)
+    from .bench.common import format_table
+
+    print(format_table(rows))
     if not args.no_log:
         from results.speed import log_bench
 
@@ -251,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
                     help="attention spec (repeatable); default: every built-in variant")
     sp.add_argument("--task", action="append", metavar="SPEC",
                     help="task spec (repeatable); default: the profile's tasks")
-    sp.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    sp.add_argument("--profile", default="quick", choices=list(PROFILES))
     sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
@@ -296,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--tracking-uri", default=None)
     sp.add_argument("--no-log", action="store_true", help="print only; log no bench run")
     sp.add_argument("--from-json", default=None, metavar="PATH",
-                    help="log a GPU table written by `python -m suite.bench_cuda --out PATH` "
+                    help="log a GPU table written by `python -m suite.bench.cuda --out PATH` "
                     "on another machine instead of measuring here")
     sp.add_argument("--train", action="store_true",
                     help="training throughput of whole cells (tokens/s of the real step)")

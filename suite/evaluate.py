@@ -8,7 +8,7 @@ The samples of a (task, seed, length) are the same for every attention.
 Diagnostics (docs/paper.md, "What to measure"), on the scored query rows of the first batch
 per length, per layer and head: normalized entropy H(p)/log n, support size |{p > 0}|, max
 weight, mass on the target positions (tasks that know them), and the learned length scale
-(ssmax, asentmax).
+(variants that learn one).
 """
 
 from __future__ import annotations

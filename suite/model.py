@@ -9,8 +9,9 @@ GeGLU(x) = W_down(gelu_tanh(W_gate x) * W_up x). RMSNorm scales by (1 + w), w in
 Attention scores are q.k/sqrt(head_dim) (+ a position bias). Position encodings:
 ``nope`` (the causal mask alone), ``rope`` (rotate-half, theta 10000, all heads), ``alibi``
 (Press et al. slopes 2^(-8h/H), all heads) and ``nape`` (first half of the heads ALiBi with
-slopes 1/h, the rest NoPE). Length scalings (ssmax, asentmax) act on the NoPE heads under NAPE
-and on all heads otherwise; ASEntmax reads the normed input of its attention block.
+slopes 1/h, the rest NoPE). A variant's learned length scaling (its ``length_scale``) acts on
+the NoPE heads under NAPE and on all heads otherwise, and reads the normed input of its
+attention block as the hidden states ``x``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ PES = ("nope", "rope", "alibi", "nape")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
+    attention: str  # the attention's spec string
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
     head_dim: int = 16
     d_ff: int = 128
     pe: str = "nape"
-    attention: str = "softmax"
     backend: str = "auto"
     rope_theta: float = 10000.0
 
@@ -155,22 +156,11 @@ class Attention(nn.Module):
             idx = tg.clamp_min(0)[:, None].expand(B, H, *tg.shape[1:])  # (B, H, R, K)
             mass = (p.gather(-1, idx) * (tg >= 0)[:, None].float()).sum(-1)  # (B, H, R)
             stat["target_mass"] = mass.mean(dim=(0, 2))
-        scale = _scale_values(self.attn, x, rows)
-        if scale is not None:
-            stat["scale"] = scale
+        factor = self.attn.length_scale(x, T)  # (B or 1, H_s, T), or None
+        if factor is not None:  # the learned scale at the probe rows, mean per scaled head
+            idx = rows[:, None, :].expand(-1, factor.shape[1], -1)  # (B, H_s, R)
+            stat["scale"] = factor.expand(B, -1, -1).gather(2, idx).float().mean(dim=(0, 2))
         probe.stats.append(stat)
-
-
-def _scale_values(attn, x, rows):
-    """The learned length scale on the scaled heads at the probe rows, mean per scaled head."""
-    if attn.name == "ssmax":
-        logn = torch.log(rows.float() + attn.config.log_offset)  # (B, R)
-        return (attn.s.float()[None, :, None] * logn[:, None, :]).mean(dim=(0, 2))  # (H_s,)
-    if attn.name == "asentmax":
-        factor = attn.scale(x.to(attn.w_beta.weight.dtype), x.shape[1])  # (B, H_s, T)
-        idx = rows[:, None, :].expand(-1, factor.shape[1], -1)
-        return factor.gather(2, idx).float().mean(dim=(0, 2))
-    return None
 
 
 class MLP(nn.Module):

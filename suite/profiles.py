@@ -42,6 +42,18 @@ class Budget:
 
 
 @dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one cell asks of a cluster (the Ray executor)."""
+
+    num_cpus: float
+    num_gpus: float = 0.0
+
+
+#: a cell's resources on (cpu, cuda) where a profile does not say
+RESOURCES = {"cpu": Resources(1), "cuda": Resources(1, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
     size: Size
@@ -49,6 +61,7 @@ class Profile:
     tasks: tuple[str, ...]  # what `suite run` trains when no --task is given
     per_task: Mapping[str, tuple[Size, Budget]] = dataclasses.field(default_factory=dict)
     pe: str = "nape"
+    resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: RESOURCES)
 
     def for_task(self, task: str) -> tuple[Size, Budget]:
         return self.per_task.get(task, (self.size, self.budget))
@@ -83,6 +96,7 @@ _SMOKE = Profile(
     Budget(steps=12, warmup=3, lr=1e-3, batch_size=8, val_every=6, val_multiple=2,
            val_samples=4, eval_samples=8, max_eval_length=128, ckpt_every=6),
     tasks=("flip_flop",),
+    resources={"cpu": Resources(1), "cuda": Resources(1, 0.125)},  # tiny models share a GPU
 )
 
 _Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
@@ -96,6 +110,7 @@ _QUICK = Profile(
         "mqmtar": (Size(4, 64, 4, 16, 128), _Q),
         "lm": (Size(2, 64, 4, 16, 128), dataclasses.replace(_Q, max_eval_length=1024)),
     },
+    resources={"cpu": Resources(1), "cuda": Resources(1, 0.25)},
 )
 
 
@@ -118,6 +133,7 @@ _PAPER = Profile(
         # head_dim is not set in the official flip-flop config and falls back to Gemma-2's 256
         "flip_flop": _paper(4, 256, 8, 256, 512, 78_125, 10_000, 4e-4, 8),
     },
+    resources={"cpu": Resources(4), "cuda": Resources(2, 1.0)},
 )
 
 PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER)}

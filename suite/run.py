@@ -4,23 +4,28 @@ log it to MLflow, skip cells already finished with the same config hash, print t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 import attentions
 import tasks
+from tasks.metrics import summary
 
-from . import __version__
 from . import profiles as P
 from .evaluate import evaluate
 from .train import Cell, train
+from .version import __version__
 
-BUILTIN = ("softmax", "ssmax", "entmax", "sparsemax", "asentmax", "topk")
+
+def builtin_attentions() -> list[str]:
+    """The variants that ship with the suite: those registered by the attentions package's own
+    modules (not by plugins)."""
+    return [n for n in attentions.names() if attentions.get(n).__module__.split(".")[0]
+            == attentions.__name__]
 
 
 def resolve_device(device: str) -> str:
@@ -48,7 +53,7 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
     prof = P.get(profile).with_budget(**budget)
     if seeds < 1:
         raise attentions.SpecError(f"--seeds {seeds}: give at least 1")
-    atts = [attentions.canonical_spec(s) for s in (attention_specs or BUILTIN)]
+    atts = [attentions.canonical_spec(s) for s in (attention_specs or builtin_attentions())]
     tsks = [tasks.get(s).spec for s in (task_specs or prof.tasks)]
     for spec in atts:  # build once, so a bad parameter fails before any training
         attentions.build(spec, n_heads=2, head_dim=4, backend=backend)
@@ -60,6 +65,24 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
         raise attentions.SpecError(f"--device {device!r}: use auto, cpu or cuda")
     return [Cell(a, t, seed, prof, dev, backend) for t in tsks for a in atts
             for seed in range(seeds)]
+
+
+def experiment(cell: Cell) -> str:
+    """The experiment a cell's runs go to."""
+    from results.schema import cell_experiment
+
+    return cell_experiment(tasks.get(cell.task).name)
+
+
+def cell_tags(cell: Cell, **more: str) -> dict[str, str]:
+    """The tags of a cell's run that say what it is (``more``: which executor, sweep, ...)."""
+    from results.schema import cell_tags as tags
+
+    task = tasks.get(cell.task)
+    return tags({"config_hash": cell.config_hash, "version": __version__,
+                 "task_version": task.version, "attention": cell.attention, "task": cell.task,
+                 "seed": cell.seed, "profile": cell.profile.name,
+                 "train_length": task.train_length, **more})
 
 
 def run_name(cell: Cell) -> str:
@@ -93,9 +116,11 @@ def _kernel(cell: Cell, model) -> str:
         return "function"
 
 
-def _tags(cell: Cell) -> dict[str, str]:
+def _environment_tags(cell: Cell) -> dict[str, str]:
+    """The cell's tags, with where it runs: device, git state, versions, MLflow's source (the
+    kernel backend is tagged once the model is built, inside the run)."""
     from results.gitinfo import git_state
-    from results.offline import HASH_TAG
+    from results.schema import cell_tags as tags
 
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for dist in ("numba", "mlflow", "numpy", "triton"):
@@ -104,17 +129,11 @@ def _tags(cell: Cell) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     git = git_state()
-    return {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.version": __version__,
-            "suite.task_version": str(tasks.get(cell.task).version),
-            "suite.attention": cell.attention, "suite.task": cell.task,
-            "suite.seed": str(cell.seed), "suite.profile": cell.profile.name,
-            "suite.device": device_name(cell.device),
-            "suite.train_length": str(tasks.get(cell.task).train_length),
-            "mlflow.source.name": "suite run", "mlflow.source.type": "LOCAL",
-            **({"mlflow.source.git.commit": git["git_commit"]}
-               if git["git_commit"] != "unknown" else {}),
-            **{f"suite.{k}": v for k, v in git.items()},
-            **{f"version.{k}": v for k, v in versions.items()}}
+    where = tags({"device": device_name(cell.device), **git}, versions)
+    source = {"mlflow.source.name": "suite run", "mlflow.source.type": "LOCAL"}
+    if git.get("git_commit", "unknown") != "unknown":
+        source["mlflow.source.git.commit"] = git["git_commit"]
+    return {**cell_tags(cell), **where, **source}
 
 
 def describe_task(task) -> str:
@@ -136,11 +155,13 @@ def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error
     (KILLED on Ctrl-C): the run exists before anything that can fail."""
     from results.leaderboard import score
+    from results.schema import metric_key
+    from tasks.metrics import headline
 
     from .train import build_model
 
     task = tasks.get(cell.task)
-    with tracker.run(task.name, run_name(cell), cell.config(), _tags(cell),
+    with tracker.run(experiment(cell), run_name(cell), cell.config(), _environment_tags(cell),
                      description=describe_task(task)) as log:
         _dataset(log, cell, task)
         model = build_model(cell)
@@ -155,27 +176,17 @@ def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
             diag = res.pop("diagnostics", {})
             scalars = {k: v for k, v in diag.items() if not k.endswith("_heads")}
             values = {**res, **scalars}
-            log.metrics({**{f"{k}_L{length}": v for k, v in values.items()}, **values},
+            log.metrics({**{metric_key(k, length): v for k, v in values.items()}, **values},
                         step=length)
             res["diagnostics"] = diag
-        metric = _headline_metric(results)
-        by_multiple = {f"{metric}_{_multiple(n, task.train_length)}x": r[metric]
-                       for n, r in results.items() if metric in r}
-        main = score({n: r.get(metric) for n, r in results.items()}, task.train_length, metric)
+        metric = headline(next(iter(results.values()), {}))
+        by_multiple = {f"{metric}_{length / task.train_length:g}x": r[metric]
+                       for length, r in results.items() if metric in r}
+        main = score({n: r.get(metric) for n, r in results.items()}, task.train_length)
         log.metrics({**by_multiple, **({"score": main} if main is not None else {})}, step=0)
         log.table(_eval_table(results, task.train_length), "eval_table.json")
         log.dict({str(k): v for k, v in results.items()}, "eval.json")
     return results
-
-
-def _headline_metric(results: dict) -> str:
-    first = next(iter(results.values()), {})
-    return next((m for m in ("exact_match", "retrieval_acc", "perplexity") if m in first),
-                "exact_match")
-
-
-def _multiple(length: int, train_length: int) -> str:
-    return f"{length / train_length:g}"
 
 
 def _eval_table(results: dict, train_length: int) -> dict[str, list]:
@@ -191,8 +202,6 @@ def _eval_table(results: dict, train_length: int) -> dict[str, list]:
 
 def _dataset(log, cell: Cell, task) -> None:
     """The task as the run's dataset input: generated, so its source is the generator."""
-    import hashlib
-
     digest = hashlib.sha256(f"{cell.task}|v{task.version}".encode()).hexdigest()[:8]
     log.dataset(name=cell.task, digest=digest,
                 source=f"{type(task).__module__}.{type(task).__qualname__} (generated, "
@@ -201,44 +210,6 @@ def _dataset(log, cell: Cell, task) -> None:
                          "eval_lengths": cell.eval_lengths(), "version": task.version})
 
 
-def sweep(cells: list[Cell], tracking_uri: str | None = None, progress: bool = True,
-          out=None) -> int:
-    """Run the cells in order; returns the number that failed."""
-    out = out or sys.stdout
-    from results.offline import JsonlTracker, is_offline
-
-    if is_offline(tracking_uri):  # no MLflow on this machine: an offline log to import later
-        tracker = JsonlTracker(tracking_uri)
-    else:
-        from results.tracking import Tracker
-
-        tracker = Tracker(tracking_uri)
-    print(f"store: {tracker.uri}  ({len(cells)} cells)", file=out, flush=True)
-    failed = 0
-    for i, cell in enumerate(cells, 1):
-        head = f"[{i}/{len(cells)}] {cell.name}"
-        done = tracker.finished(tasks.get(cell.task).name, cell.config_hash)
-        if done:
-            print(f"{head}: skipped, finished already (config {cell.config_hash}, run {done})",
-                  file=out, flush=True)
-            continue
-        t0 = time.perf_counter()
-        try:
-            results = run_cell(cell, tracker, progress)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # recorded FAILED in the store; the sweep goes on
-            failed += 1
-            print(f"{head}: FAILED: {type(err).__name__}: {err}", file=out, flush=True)
-            continue
-        ladder = " ".join(f"{n}:{_headline(r)}" for n, r in results.items())
-        print(f"{head}: done in {time.perf_counter() - t0:.0f}s  {ladder}", file=out, flush=True)
-    return failed
-
-
-def _headline(res: dict) -> str:
-    if "perplexity" in res:
-        return f"ppl {res['perplexity']:.2f}"
-    em = res.get("exact_match", res.get("retrieval_acc"))
-    return f"{em:.0f}%/{res.get('token_acc', 0):.0f}%"
-
+def ladder(results: dict[int, dict]) -> str:
+    """One line of a cell's results: the headline value at each evaluation length."""
+    return " ".join(f"{n}:{summary(r)}" for n, r in results.items())

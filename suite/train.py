@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import attentions
 import tasks
+from tasks.metrics import selection_score
 
-from . import __version__
 from .data import Batches
 from .evaluate import evaluate
 from .model import Decoder, ModelConfig
 from .profiles import Budget, Profile, Size
 from .step import Stepper
+from .version import __version__
 
 
 def checkpoint_dir() -> Path:
@@ -180,13 +180,6 @@ def train(cell: Cell, log=None, progress: bool = True) -> tuple[Decoder, dict]:
 
 
 def _val_score(val: dict) -> float:
-    """Higher is better: exact match, then token accuracy breaks ties (both at 0 early)."""
-    if "perplexity" in val:
-        return -val["perplexity"]
-    em = val.get("exact_match", val.get("retrieval_acc", 0.0))
-    return em + 1e-3 * val.get("token_acc", 0.0)
-
-
-def check_attention(spec: str) -> str:
-    """The canonical spec, failing early (with suggestions) on a bad one."""
-    return attentions.canonical_spec(spec)
+    """Higher is better: the task's headline metric, token accuracy breaking ties (the metric
+    table's ``selection_score``)."""
+    return selection_score(val)

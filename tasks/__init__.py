@@ -9,77 +9,20 @@ batch = task.sample(rng, length=64, batch_size=32)
 task.decode(batch, 0)                       # {"ops": [...], "target": 1}
 ```
 
-A third-party task is a frozen dataclass subclassing :class:`tasks.Task`, registered with
-``@tasks.register("name")``; it arrives through ``load_plugin(FILE_OR_MODULE)`` or the
-entry-point group ``suite.tasks``.
+A task is a frozen dataclass subclassing :class:`tasks.Task`, registered with
+``@tasks.register("name")``. Every module of this package is imported here, so a built-in task
+is one file that registers itself; a third-party task arrives through
+``load_plugin(FILE_OR_MODULE)`` or the entry-point group ``suite.tasks``.
 """
 
-from __future__ import annotations
+from attentions.registry import import_modules
+from attentions.spec import SpecError
 
-from collections.abc import Callable
-from typing import Any
-
-from attentions.registry import Registry
-from attentions.registry import load_plugin as _load_plugin
-from attentions.spec import SpecError, make_config, parse_spec
-
+from .api import REGISTRY, get, load_plugin, names, register, show
 from .base import IGNORE, Batch, Specials, Task
 from .metrics import Meter
 
-REGISTRY: Registry[type[Task]] = Registry("task", "suite.tasks")
-
-
-def register(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: register a frozen-dataclass task class under ``name``."""
-
-    def deco(cls: type[Task]) -> type[Task]:
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise SpecError(f"task {name!r}: register a subclass of tasks.Task, got {cls!r}")
-        cls.name = name
-        REGISTRY.register(name, cls)
-        return cls
-
-    return deco
-
-
-def get(spec: str) -> Task:
-    """The task for a spec string such as ``mqmtar`` or ``flip_flop:p_write=0.8``."""
-    name, params = parse_spec(spec)
-    return make_config(REGISTRY.get(name), params, owner=name)
-
-
-def names() -> list[str]:
-    """The registered task names, sorted."""
-    return REGISTRY.names()
-
-
-def load_plugin(target: str) -> Any:
-    """Import a plugin file or module; importing it registers its tasks."""
-    return _load_plugin(target)
-
-
-def show(spec: str, length: int | None = None, seed: int = 0) -> str:
-    """One decoded evaluation example of ``spec`` at ``length`` (default: the training
-    length), as text for a person."""
-    from .render import render
-
-    task = get(spec)
-    length = task.train_length if length is None else length
-    batch = task.sample(task.rng(seed, "eval"), length, 1)
-    return render(task, batch, length, seed)
-
-
-from . import (  # noqa: E402  (the built-in tasks register themselves on import)
-    copy,
-    flip_flop,
-    lm,
-    local_count,
-    mqmtar,
-    niah,
-    reverse,
-    sort,
-    two_back,
-)
+import_modules(__name__, __path__)  # the built-in tasks register themselves on import
 
 __all__ = [
     "IGNORE",
@@ -89,18 +32,9 @@ __all__ = [
     "SpecError",
     "Specials",
     "Task",
-    "copy",
-    "flip_flop",
     "get",
-    "lm",
     "load_plugin",
-    "local_count",
-    "mqmtar",
     "names",
-    "niah",
     "register",
-    "reverse",
     "show",
-    "sort",
-    "two_back",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import register
+from .api import register
 from .base import Batch, Specials, Task, as_batch, check, seq2seq_arrays, seq2seq_parts
 
 WRITE, IGNORE_OP, READ = 2, 3, 4  # command ids; bits are 0 and 1

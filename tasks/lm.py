@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import register
+from .api import register
 from .base import Batch, as_batch
 from .corpus import windows
 from .text import TextTask

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import register
+from .api import register
 from .base import Batch, Specials, Task, as_batch, check, seq2seq_arrays, seq2seq_parts
 
 SPACE, KV_SEP, Q_SEP = 0, 1, 2  # token ids; symbol s is token s + 3

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import register
+from .api import register
 from .base import IGNORE, Batch, as_batch, check
 from .corpus import windows
 from .text import TextTask

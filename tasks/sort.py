@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from . import register
+from .api import register
 from .seq2seq import SymbolSeq2Seq
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from . import register
+from .api import register
 from .base import Batch, as_batch, check
 from .classify import TokenClassification
 

@@ -8,6 +8,8 @@ from attentions import Alibi, Normalizer
 from attentions.backends import resolve
 from suite.cli import main
 
+from .conftest import ROOT
+
 
 def test_suite_bench_logs_a_run_the_leaderboard_reads(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -44,9 +46,8 @@ PUBLISHED = "results/published/h100-triton-bench-2026-11-27.json"
 def test_suite_bench_logs_a_gpu_table_written_elsewhere(tmp_path, capsys):
     """The GPU table of the README (measured on an H100 without a tracking server) goes into
     a store through `suite bench --from-json`; ratios are recomputed against the SDPA rows."""
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / PUBLISHED
+    path = ROOT / PUBLISHED
     uri = f"sqlite:///{tmp_path}/m.db"
     assert main(["bench", "--from-json", str(path), "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
@@ -63,7 +64,7 @@ def test_suite_bench_from_json_rejects_other_files(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text('{"rows": []}')
     assert main(["bench", "--from-json", str(bad), "--no-log"]) != 0
-    assert "not a table written by `python -m suite.bench_cuda --out PATH`" in (
+    assert "not a table written by `python -m suite.bench.cuda --out PATH`" in (
         capsys.readouterr().err)
 
 

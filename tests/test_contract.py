@@ -19,7 +19,7 @@ from attentions import Alibi, nape_slopes, parse_spec
 from attentions.backends import load as load_backend
 
 from . import reference as R
-from .conftest import DEVICES
+from .conftest import DEVICES, rel
 
 SPECS = ["softmax", "ssmax", "entmax", "entmax:alpha=1.25", "entmax:alpha=1.75", "sparsemax",
          "asentmax", "topk:k=5"]
@@ -63,23 +63,55 @@ def inputs(B, T, device, dtype=torch.float64, scale=1.0, head_dim=D, n_heads=H):
 
 
 def ref_factor(attn, T, x):
-    """The length scaling of q, computed independently of the module's code, (B|1, H, T)."""
-    name = attn.name
-    i = torch.arange(T, dtype=torch.float64)
+    """The factor of q on every head, (B, H, T): the variant's declared ``length_scale`` on
+    the scaled heads (checked against each built-in's own formula in
+    ``test_learned_scales_follow_their_formulas``), ones elsewhere. The kernels' outputs are
+    then checked against references that scale q by it, so a variant whose ``scale_q`` does
+    something else than it declares fails."""
     full = torch.ones(x.shape[0], attn.n_heads, T, dtype=torch.float64)
-    if name == "ssmax":
-        c = attn.config
-        s = attn.s.detach().double().cpu()
-        full[:, SCALED] = s[None, :, None] * torch.log(i + c.log_offset)[None, None, :]
-    elif name == "asentmax":
-        c = attn.config
-        xd = x.detach().double().cpu()
-        wb, bb, wg, bg = (t.detach().double().cpu() for t in (
-            attn.w_beta.weight, attn.w_beta.bias, attn.w_gamma.weight, attn.w_gamma.bias))
-        beta = F.softplus(xd @ wb.T + bb).transpose(1, 2)
-        gamma = c.gamma_range * torch.tanh(xd @ wg.T + bg).transpose(1, 2)
-        full[:, SCALED] = c.delta + beta * torch.log(i + c.log_offset) ** gamma
+    with torch.no_grad():
+        factor = attn.length_scale(x, T)
+    if factor is not None:
+        full[:, SCALED] = factor.double().cpu()
     return full
+
+
+def ssmax_formula(attn, T, x):
+    """s_h log(i + offset), from the parameters alone."""
+    i = torch.arange(T, dtype=torch.float64)
+    s = attn.s.detach().double()
+    return (s[None, :, None] * torch.log(i + attn.config.log_offset)[None, None, :]).expand(
+        x.shape[0], -1, -1)
+
+
+def asentmax_formula(attn, T, x):
+    """delta + softplus(W_b x + b_b) log(i + offset)^(gamma_range tanh(W_g x + b_g))."""
+    c = attn.config
+    i = torch.arange(T, dtype=torch.float64)
+    xd = x.detach().double()
+    wb, bb, wg, bg = (t.detach().double() for t in (
+        attn.w_beta.weight, attn.w_beta.bias, attn.w_gamma.weight, attn.w_gamma.bias))
+    beta = F.softplus(xd @ wb.T + bb).transpose(1, 2)
+    gamma = c.gamma_range * torch.tanh(xd @ wg.T + bg).transpose(1, 2)
+    return c.delta + beta * torch.log(i + c.log_offset) ** gamma
+
+
+FORMULAS = {"ssmax": ssmax_formula, "asentmax": asentmax_formula}  # the built-in scalings
+
+
+@pytest.mark.parametrize("spec", ["ssmax", "ssmax:s_init=0.5,log_offset=3", "asentmax",
+                                  "asentmax:gamma_range=1,delta=0.5,beta_bias=0.3"])
+def test_learned_scales_follow_their_formulas(spec):
+    attn = make(spec, "torch", "cpu")
+    q, _, _, x = inputs(2, 37, "cpu")
+    want = FORMULAS[parse_spec(spec)[0]](attn, 37, x)  # (B, H_s, T)
+    got = attn.length_scale(x, 37)
+    torch.testing.assert_close(got.expand_as(want), want, rtol=1e-12, atol=0)
+    scaled = attn.scale_q(q, x)
+    torch.testing.assert_close(scaled[:, SCALED], q[:, SCALED] * want[..., None], rtol=1e-12,
+                               atol=0)
+    others = [h for h in range(H) if h not in SCALED]
+    assert torch.equal(scaled[:, others], q[:, others])
 
 
 def reference(attn, q, k, v, x, *, causal=True, bias=None):
@@ -87,11 +119,6 @@ def reference(attn, q, k, v, x, *, causal=True, bias=None):
     qs = q.detach().double().cpu() * f[..., None]
     return R.attention(qs, k.detach().double().cpu(), v.detach().double().cpu(),
                        attn.normalizer(), causal=causal, bias=bias)
-
-
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 @pytest.mark.parametrize("spec,backend,device", CASES)
@@ -180,9 +207,13 @@ def test_gradcheck_float64(spec, backend, device, causal):
     assert torch.autograd.gradcheck(fn, (q, k, v, x), eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("spec,backend,device", [c for c in CASES if c.values[0] in
-                                                 ("ssmax", "asentmax")])
-def test_gradcheck_learned_scaling_parameters(spec, backend, device):
+def _learns(spec) -> bool:
+    return any(True for _ in attentions.build(spec, n_heads=H, head_dim=D, d_model=DM,
+                                              scaled_heads=SCALED).parameters())
+
+
+@pytest.mark.parametrize("spec,backend,device", [c for c in CASES if _learns(c.values[0])])
+def test_gradcheck_learned_parameters(spec, backend, device):
     attn = make(spec, backend, device, head_dim=3)
     q, k, v, x = inputs(1, 7, device, head_dim=3)
     names, params = zip(*attn.named_parameters())
@@ -216,13 +247,21 @@ def test_masked_all_but_one(spec, backend, device):
     attn = make(spec, backend, device)
     q, k, v, x = inputs(2, T, device, scale=30.0)
     keep = torch.randint(0, T, (T,))
-    bias = torch.full((T, T), float("-inf"), dtype=torch.float64)
+    bias = torch.full((T, T), float("-inf"), dtype=torch.float64, device=device)
     bias[torch.arange(T), keep] = 0.0
-    try:
-        y = attn(q, k, v, x=x, causal=False, bias=bias.to(device))
-    except RuntimeError as err:
-        pytest.skip(f"{backend} takes no dense bias: {err}")
+    if not takes(attn, backend, device, bias):
+        pytest.skip(f"the {backend} backend takes no dense bias tensor (ALiBi or none only)")
+    y = attn(q, k, v, x=x, causal=False, bias=bias)
     torch.testing.assert_close(y, v[:, :, keep], rtol=0, atol=1e-12)
+
+
+def takes(attn, backend, device, bias) -> bool:
+    """Whether the backend runs this variant with this bias (plain-function variants: all)."""
+    try:
+        norm = attn.normalizer()
+    except NotImplementedError:
+        return True
+    return load_backend(backend).supports(norm, torch.device(device), bias)
 
 
 def plain_torch(q, k, v, norm, dtype):

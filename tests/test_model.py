@@ -29,13 +29,14 @@ def test_causal_model():
 
 
 def test_nape_slopes_and_scaled_heads():
-    cfg = ModelConfig(vocab_size=5, n_heads=8, pe="nape")
+    cfg = ModelConfig(vocab_size=5, attention="softmax", n_heads=8, pe="nape")
     assert alibi_slopes(cfg).tolist() == pytest.approx([1, 1 / 2, 1 / 3, 1 / 4, 0, 0, 0, 0])
     assert scaled_heads(cfg) == [4, 5, 6, 7]
-    assert scaled_heads(ModelConfig(vocab_size=5, n_heads=8, pe="rope")) == list(range(8))
-    press = alibi_slopes(ModelConfig(vocab_size=5, n_heads=8, pe="alibi"))
+    rope_cfg = ModelConfig(vocab_size=5, attention="softmax", n_heads=8, pe="rope")
+    assert scaled_heads(rope_cfg) == list(range(8))
+    press = alibi_slopes(ModelConfig(vocab_size=5, attention="softmax", n_heads=8, pe="alibi"))
     assert press.tolist() == pytest.approx([2 ** (-h) for h in range(1, 9)])
-    assert alibi_slopes(ModelConfig(vocab_size=5, pe="nope")) is None
+    assert alibi_slopes(ModelConfig(vocab_size=5, attention="softmax", pe="nope")) is None
 
 
 def test_length_scaling_only_on_nope_heads_under_nape():
@@ -61,7 +62,8 @@ def test_rope_depends_on_relative_position_only():
 
 
 def test_embedding_scale_and_untied_head():
-    model = Decoder(ModelConfig(vocab_size=7, d_model=16, n_heads=2, head_dim=8))
+    model = Decoder(ModelConfig(vocab_size=7, attention="softmax", d_model=16, n_heads=2,
+                                head_dim=8))
     assert model.head.weight.data_ptr() != model.embed.weight.data_ptr()
     h = model.embed(torch.tensor([[3]])) * math.sqrt(16)
     assert h.abs().mean() > 3 * model.embed.weight.abs().mean()
@@ -76,6 +78,6 @@ def test_asentmax_keeps_its_own_initialisation():
 
 def test_bad_config():
     with pytest.raises(ValueError, match="pe='abs' is not one of"):
-        ModelConfig(vocab_size=5, pe="abs")
+        ModelConfig(vocab_size=5, attention="softmax", pe="abs")
     with pytest.raises(attentions.SpecError, match="Did you mean 'entmax'"):
         Decoder(ModelConfig(vocab_size=5, attention="entmx"))

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from attentions import Normalizer
+from attentions.backends import MODULES, load, resolve
 from attentions.backends.torch_normalizers import entmax, normalize, sparsemax
+from attentions.normalizer import KINDS
 
 ALPHAS = [1.5, 2.0, 1.25, 1.75, 1.01]
 
@@ -104,3 +106,26 @@ def test_topk_and_softmax():
 def test_alpha_out_of_range():
     with pytest.raises(ValueError, match=r"outside \(1, 2\]"):
         Normalizer("entmax", alpha=1.0)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_backends_accept_only_the_kinds_they_name(name):
+    """Backends take a normalizer by an allow-list of kinds: a kind added to ``Normalizer``
+    later is refused by every backend that does not name it (never run as entmax)."""
+    mod = load(name)
+    if mod is None:
+        pytest.skip(f"the {name} backend does not import here")
+    assert mod.KINDS <= set(KINDS)
+    future = Normalizer("softmax")
+    object.__setattr__(future, "kind", "future_kind")  # as if Normalizer had grown a kind
+    for device in ("cpu", "cuda"):
+        assert not mod.supports(future, torch.device(device), None)
+    for kind in mod.KINDS:  # on the device the backend runs on
+        assert any(mod.supports(Normalizer(kind), torch.device(d), None) for d in ("cpu", "cuda"))
+
+
+def test_auto_refuses_a_kind_no_backend_names():
+    future = Normalizer("softmax")
+    object.__setattr__(future, "kind", "future_kind")
+    with pytest.raises(RuntimeError, match="no backend supports"):
+        resolve("auto", future, torch.device("cpu"))

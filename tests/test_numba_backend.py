@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +14,11 @@ from attentions.backends import torch_backend
 from attentions.normalizer import Alibi, Normalizer
 
 from . import reference
+from .conftest import ROOT
 
 numba_backend = pytest.importorskip("attentions.backends.numba_backend")
 pytest.importorskip("numba")
 
-ROOT = Path(__file__).resolve().parents[1]
 NORMS = {
     "softmax": Normalizer("softmax"),
     "entmax15": Normalizer("entmax", alpha=1.5),

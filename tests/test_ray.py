@@ -1,8 +1,10 @@
 """The Ray executor on a real local Ray cluster (2 CPUs): a smoke sweep gives the local
 executor's metrics exactly; a worker killed mid-cell is retried and resumes from its
 checkpoint; a driver killed with ``kill -9`` mid-sweep (with its whole Ray cluster) loses
-nothing, and the same command run again finishes every cell exactly once. Every process a test
-starts is stopped by its id, with bounded waits."""
+nothing, and the same command run again finishes every cell exactly once. The kills happen at
+the code's own checkpoints (variants that act in the training step, see ``FAULTS``), never by
+a poll loop racing the training. Every process a test starts is stopped by its id, with
+bounded waits."""
 
 from __future__ import annotations
 
@@ -28,13 +30,83 @@ ray = pytest.importorskip("ray", reason="the Ray executor needs ray (pip install
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from results.offline import HASH_TAG  # noqa: E402
+from results.schema import HASH  # noqa: E402
 from results.ui import free_port  # noqa: E402
-from suite.ray_executor import sweep_ray  # noqa: E402
-from suite.run import plan, sweep  # noqa: E402
+from suite.executors.local import sweep  # noqa: E402
+from suite.executors.ray import sweep_ray  # noqa: E402
+from suite.run import plan  # noqa: E402
 
 TIMING = {"train_seconds", "tokens_per_s"}  # wall-clock metrics: never equal across runs
-STEPS = 150  # long enough cells (seconds each) for a kill to land mid-training
+STEPS = 24  # the smoke profile then checkpoints every 6 steps: a kill after the first one
+# lands mid-training
+
+# Kills and stalls driven by the code's own checkpoints, not by a poll loop racing the training:
+# these variants act in the worker's own training step, once the cell's first checkpoint (the
+# one at step 6) is on disk. The test names the victim cell by writing its config hash into
+# the checkpoint directory; a marker makes each act happen once per sweep directory.
+FAULTS = '''
+import os
+import signal
+import time
+from pathlib import Path
+
+import attentions
+
+
+def _after_first_checkpoint(role):
+    """True exactly once: in the victim cell (named by <ckpt>/<role>), after its first
+    checkpoint is written."""
+    ckpt = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+    victim = (ckpt / role).read_text().strip()
+    if not (ckpt / victim / "last.pt").exists():
+        return False
+    try:
+        os.close(os.open(ckpt / f"{role}.done", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+@attentions.register("kill_ray_test")
+class KillsItsWorker(attentions.Attention):
+    """softmax whose worker kills itself (SIGKILL) right after its first checkpoint."""
+
+    def normalizer(self):
+        return attentions.Normalizer("softmax")
+
+    def forward(self, q, k, v, x=None, bias=None, causal=True):
+        if _after_first_checkpoint("kill-victim"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(q, k, v, x=x, bias=bias, causal=causal)
+
+
+@attentions.register("stall_ray_test")
+class StallsAfterCheckpoint(attentions.Attention):
+    """softmax that stops in its training step right after its first checkpoint (until its
+    process is killed), so that the cell is mid-training when the test kills the sweep."""
+
+    def normalizer(self):
+        return attentions.Normalizer("softmax")
+
+    def forward(self, q, k, v, x=None, bias=None, causal=True):
+        if _after_first_checkpoint("stall-victim"):
+            Path(os.environ["SUITE_CHECKPOINT_DIR"], "stalled").touch()
+            time.sleep(600)  # the test kills this process long before
+        return super().forward(q, k, v, x=x, bias=bias, causal=causal)
+'''
+
+
+@pytest.fixture
+def faults(tmp_path):
+    """The fault variants, registered here (to plan cells) and loaded by the workers."""
+    from attentions import REGISTRY, load_plugin
+
+    path = tmp_path / "faults.py"
+    path.write_text(FAULTS)
+    load_plugin(str(path))
+    yield path
+    for name in ("kill_ray_test", "stall_ray_test"):
+        REGISTRY.unregister(name)
 
 
 # ---------------------------------------------------------------- processes, by id
@@ -91,9 +163,9 @@ def wait_gone(pids, timeout: float) -> set[int]:
 
 
 def guarded(cmd: list[str], **kw) -> subprocess.Popen:
-    """``cmd`` under suite.ray_guard in a session of its own: it dies with this process even
+    """``cmd`` under suite.executors.guard in a session of its own: it dies with this process even
     when pytest itself is killed."""
-    return subprocess.Popen([sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
+    return subprocess.Popen([sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
                              *cmd], start_new_session=True, **kw)
 
 
@@ -167,7 +239,7 @@ def finished_runs(uri: str, experiment: str = "flip_flop") -> dict[str, list]:
     exp = client.get_experiment_by_name(experiment)
     by_hash: dict[str, list] = {}
     for run in client.search_runs([exp.experiment_id], max_results=1000):
-        by_hash.setdefault(run.data.tags[HASH_TAG], []).append(run)
+        by_hash.setdefault(run.data.tags[HASH], []).append(run)
     return by_hash
 
 
@@ -223,40 +295,23 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
     assert sum(len(v) for v in finished_runs(remote).values()) == 2
 
 
-def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch):
+def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch, faults):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    cells = plan(["softmax", "entmax"], None, "smoke", 1, "cpu", steps=STEPS)
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(ckpt))
+    cells = plan(["softmax", "kill_ray_test"], None, "smoke", 1, "cpu", steps=STEPS)
     victim = cells[1]
-    killed: list[int] = []
-
-    def kill_victim_mid_training():
-        last = tmp_path / "ckpt" / victim.config_hash / "last.pt"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            time.sleep(0.2)
-            if not last.exists():
-                continue
-            with contextlib.suppress(Exception):  # a checkpoint being replaced
-                if torch.load(last, weights_only=False)["step"] >= STEPS // 2:
-                    return  # too late to land mid-training
-            for pid in cluster.processes():
-                if f"ray::cell {victim.name}" in cmdline(pid) and alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-
-    killer = threading.Thread(target=kill_victim_mid_training, daemon=True)
-    killer.start()
+    ckpt.mkdir()
+    (ckpt / "kill-victim").write_text(victim.config_hash)
     out = io.StringIO()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert sweep_ray(cells, uri, cluster.address, progress=False, out=out) == 0, out.getvalue()
-    killer.join(5)
-    assert killed, "the victim's worker was never seen mid-training"
+    assert (ckpt / "kill-victim.done").exists(), "the victim's worker never killed itself"
     by_hash = finished_runs(uri)
     done = only_finished(by_hash)
     assert set(done) == {c.config_hash for c in cells}
-    assert done[victim.config_hash].data.metrics["resumed_from"] > 0
+    assert done[victim.config_hash].data.metrics["resumed_from"] == 6  # the first checkpoint
+    assert done[cells[0].config_hash].data.metrics["resumed_from"] == 0
     leftovers = [r for r in by_hash[victim.config_hash] if r.info.status != "FINISHED"]
     assert [r.info.status for r in leftovers] == ["KILLED"]  # the killed attempt, superseded
     assert leftovers[0].data.tags["suite.superseded_by"] == done[victim.config_hash].info.run_id
@@ -291,38 +346,36 @@ class Sweep:
         raise AssertionError(f"no line matching {pattern!r}:\n{''.join(self.text)[-3000:]}")
 
 
-def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
+def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path, faults):
     from results.leaderboard import build
-    from results.tracking import Tracker
 
-    env = {**os.environ, "SUITE_RAY_NUM_CPUS": "2",
-           "SUITE_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "SUITE_RAY_NUM_CPUS": "2", "SUITE_CHECKPOINT_DIR": str(ckpt)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    argv = ["--profile", "smoke", "--attention", "softmax", "--attention", "entmax",
-            "--seeds", "2", "--steps", str(STEPS), "--executor", "ray", "--no-progress"]
-    cells = plan(["softmax", "entmax"], None, "smoke", 2, "cpu", steps=STEPS)
+    argv = ["--profile", "smoke", "--attention", "softmax", "--attention", "stall_ray_test",
+            "--plugin", str(faults), "--steps", str(STEPS), "--executor", "ray",
+            "--no-progress"]
+    cells = plan(["softmax", "stall_ray_test"], None, "smoke", 1, "cpu", steps=STEPS)
     hashes = {c.config_hash for c in cells}
+    ckpt.mkdir()
+    (ckpt / "stall-victim").write_text(cells[1].config_hash)
     first = Sweep(argv, tmp_path, env)
     seen: set[int] = {first.guard.pid, first.pid}
     try:
         server = first.wait_for(r"leaderboard while it runs: .* (http://\S+)", 120).group(1)
-        first.wait_for(r": done in", 180)
+        first.wait_for(r"softmax .*: done in", 180)
         tab, text = build(server)  # the leaderboard renders while the sweep runs
         assert tab.height >= 1 and "flip_flop" in text
-        tracker = Tracker(server)
-        deadline = time.monotonic() + 120  # until a cell is mid-training, past a checkpoint
-        while True:
-            seen |= descendants(first.guard.pid)
-            running = [c for c in cells
-                       if (tmp_path / "ckpt" / c.config_hash / "last.pt").exists()
-                       and not tracker.finished("flip_flop", c.config_hash)]
-            if running:
-                break
-            assert time.monotonic() < deadline, "no cell was seen mid-training"
-            time.sleep(0.05)
-        server_guard = [p for p in seen if "suite.ray_guard" in cmdline(p) and p != first.guard.pid]
+        deadline = time.monotonic() + 120  # the other cell stops after its first checkpoint
+        while not (ckpt / "stalled").exists():
+            assert time.monotonic() < deadline, "the stalling cell never reached its checkpoint"
+            assert first.guard.poll() is None, "".join(first.text)[-3000:]
+            time.sleep(0.2)
+        seen |= descendants(first.guard.pid)
+        server_guard = [p for p in seen
+                        if "suite.executors.guard" in cmdline(p) and p != first.guard.pid]
         server_pids = descendants(server_guard[0]) | set(server_guard)
-        # at once, the driver and its Ray cluster by id, while the cell is past a checkpoint
+        # at once, the driver and its Ray cluster by id, while a cell is past a checkpoint
         os.kill(first.pid, signal.SIGKILL)
         kill_all(seen - server_pids)
         first.guard.wait(10)  # the test's guard follows its child
@@ -335,9 +388,8 @@ def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
 
     uri = f"sqlite:///{tmp_path}/results/mlflow.db"  # readable after the kill
     before = finished_runs(uri)
-    assert any(r.info.status == "RUNNING" for runs in before.values() for r in runs)
-    n_done = sum(r.info.status == "FINISHED" for runs in before.values() for r in runs)
-    assert 1 <= n_done < len(cells)
+    assert [r.info.status for r in before[cells[1].config_hash]] == ["RUNNING"]
+    assert [r.info.status for r in before[cells[0].config_hash]] == ["FINISHED"]
 
     second = Sweep(argv, tmp_path, env)
     try:
@@ -347,13 +399,13 @@ def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path):
         kill_all(leftover | {second.guard.pid})
         second.guard.wait(10)
     text = "".join(second.text)
-    assert text.count("skipped, finished already") == n_done
+    assert text.count("skipped, finished already") == 1  # the softmax cell
     by_hash = finished_runs(uri)
     done = only_finished(by_hash)  # every cell exactly once
     assert set(done) == hashes
     for run in done.values():  # nothing lost: every length of the ladder is there
         assert {"exact_match_L64", "exact_match_L128", "token_acc_L128"} <= set(run.data.metrics)
-    assert any(run.data.metrics["resumed_from"] > 0 for run in done.values())
+    assert done[cells[1].config_hash].data.metrics["resumed_from"] == 6  # its checkpoint
     statuses = [r.info.status for runs in by_hash.values() for r in runs]
     assert "RUNNING" not in statuses  # the interrupted runs were superseded (KILLED)
 

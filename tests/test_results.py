@@ -4,8 +4,6 @@ and `suite leaderboard` into a temporary store, and bad stores (corrupt, unreach
 import csv
 import io
 import json
-import shutil
-import time
 
 import polars as pl
 import pytest
@@ -17,6 +15,8 @@ from results.report import latest
 from results.tracking import Tracker, TrackingError
 from results.ui import free_port
 from suite.cli import main
+
+from .conftest import runs
 
 DAY = 1_790_000_000_000  # 2026-09-21, ms
 
@@ -208,22 +208,6 @@ def test_golden_speed_table():
 
 # ----------------------------------------------------------------------------- with a store
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    """An initialised, empty embedded store, copied per test (creating one takes seconds)."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch, empty_db):
-    monkeypatch.chdir(tmp_path)  # results/ (checkpoints, leaderboard files) go here
-    (tmp_path / "store").mkdir()
-    shutil.copy(empty_db, tmp_path / "store/mlflow.db")
-    return f"sqlite:///{tmp_path}/store/mlflow.db"
-
-
 def fill(uri: str) -> None:
     """Two finished cell runs, logged as `suite run` logs them (no training)."""
     tracker = Tracker(uri)
@@ -263,10 +247,8 @@ def test_round_trip_sweep_then_leaderboard(store, tmp_path, capsys):
 
 
 def logged_metrics(uri) -> dict:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("flip_flop")
     return {(r.data.tags["suite.attention"], int(r.data.tags["suite.seed"])): r.data.metrics
-            for r in client.search_runs([exp.experiment_id])}
+            for r in runs(uri)}
 
 
 def check_leaderboard_run(uri, tmp_path):
@@ -312,7 +294,7 @@ def test_corrupt_store_names_the_uri_and_touches_nothing(store, tmp_path, capsys
     assert (tmp_path / "results/leaderboard.md").read_text() == "earlier leaderboard"
 
 
-def test_unreachable_server_names_the_uri_fast_and_loses_nothing(store, tmp_path, capsys):
+def test_unreachable_server_names_the_uri_at_once_and_loses_nothing(store, tmp_path, capsys):
     fill(store)
     assert main(["leaderboard", "--tracking-uri", store]) == 0
     files = lambda: {p.name: p.read_bytes()  # noqa: E731
@@ -320,12 +302,13 @@ def test_unreachable_server_names_the_uri_fast_and_loses_nothing(store, tmp_path
     written = files()
     assert len(written) == 4
     dead = f"http://127.0.0.1:{free_port()}"
-    t0 = time.perf_counter()
     capsys.readouterr()
     for argv in (["leaderboard"], ["run", "--profile", "smoke", "--attention", "softmax"]):
         assert main([*argv, "--tracking-uri", dead]) == 2
-        assert f"cannot reach the MLflow tracking store at {dead!r}" in capsys.readouterr().err
-    assert time.perf_counter() - t0 < 20
+        err = capsys.readouterr().err
+        assert f"cannot reach the MLflow tracking store at {dead!r}" in err
+        # the one probe answered, not MLflow's client after its minutes of retries
+        assert "ConnectionError: no answer within 5s" in err
     assert files() == written
     assert len(logged_metrics(store)) == 2  # the store is as it was
     with pytest.raises(TrackingError, match="benchmark rows are kept in") as err:

@@ -12,17 +12,7 @@ from suite import profiles
 from suite.cli import main
 from suite.train import Cell, train
 
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # checkpoints go to ./results/checkpoints
-    return f"sqlite:///{tmp_path}/mlflow.db"
-
-
-def runs(uri, experiment="flip_flop"):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id]) if exp else []
+from .conftest import runs
 
 
 def test_smoke_sweep_round_trip(store, capsys):
@@ -263,3 +253,21 @@ def test_suite_show_prints_a_decoded_example(capsys):
     assert main(["show", "sort", "--length", "12"]) == 0
     out = capsys.readouterr().out
     assert "sort" in out and "source" in out and "target" in out
+
+
+def test_default_variants_are_the_builtins_not_the_plugins(tmp_path):
+    """`suite run` without --attention trains every variant the attentions package registers
+    (found, not listed), and none that a plugin added."""
+    import attentions
+    from suite.run import plan
+
+    plugin = tmp_path / "relu_plugin.py"
+    plugin.write_text(USER_PLUGIN.replace("my_relu_test", "default_excluded_test"))
+    attentions.load_plugin(str(plugin))
+    try:
+        cells = plan(None, None, "smoke", 1, "cpu")
+    finally:
+        attentions.REGISTRY.unregister("default_excluded_test")
+    shipped = [n for n in attentions.names()
+               if attentions.get(n).__module__.startswith("attentions.")]
+    assert [c.attention for c in cells] == shipped and len(shipped) >= 6

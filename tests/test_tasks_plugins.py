@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 
 import tasks
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
 
 PLUGIN = '''
 import dataclasses

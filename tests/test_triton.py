@@ -26,6 +26,7 @@ from attentions.backends import torch_backend  # noqa: E402
 from attentions.backends import triton_backend as TB  # noqa: E402
 
 from . import reference as R  # noqa: E402
+from .conftest import ROOT, rel  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 
@@ -34,11 +35,6 @@ DEV = "cuda" if CUDA else "cpu"
 def _fused_backward(monkeypatch):
     """Test the fused backward kernels themselves, whatever the environment says."""
     monkeypatch.setenv("SUITE_TRITON_FUSED_BACKWARD", "1")
-
-
-def rel(a, b, floor=1e-12):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / max(float(b.norm()), floor))
 
 
 def inputs(B, H, T, D, dtype=torch.float32, S=None, scale=1.0, seed=0):
@@ -241,13 +237,13 @@ def test_sm90_build_uses_tensor_cores_in_every_pass():
     tiles issues wgmma (HGMMA), so no pass fell back to the slow mma/FMA path, and the forward
     stays in registers (no local memory)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from suite import triton_sass as S; out = {}\n"
+    code = ("import json; from tests.tools import triton_sass as S; out = {}\n"
             "for kind in ('fwd', 'dkdv', 'dq'):\n"
             "    c, sass, use = S.compile_kernel(kind); out[kind] = [S.loops(sass), "
             "S.resources(use)]\n"
             "print(json.dumps(out))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True, timeout=600).stdout
+                         cwd=ROOT, check=True, timeout=600).stdout  # tests.tools from here
     import json
 
     found = json.loads(out.strip().splitlines()[-1])

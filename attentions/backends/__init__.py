@@ -6,8 +6,10 @@ for q (B, H, T, D), k and v (B, H, S, D). Causal: key j is visible to query i wh
 j <= i + (S - T) (queries aligned to the end of the keys). ``bias`` is None, a tensor
 broadcastable to (B, H, T, S), or an ``Alibi``.
 
-A backend module exposes ``NAME``, ``usable() -> bool`` (importable and a device present here),
-``supports(norm, device, bias) -> bool``,
+A backend module exposes ``NAME``, ``KINDS`` (the normalizer kinds it computes: an allow-list,
+so a new kind is never sent into kernels written for another), ``usable() -> bool``
+(importable and a device present here), ``supports(norm, device, bias) -> bool`` (False for a
+kind outside ``KINDS``),
 ``attention(q, k, v, *, norm, causal, bias, sm_scale) -> (B, H, T, D)`` (differentiable), and
 optionally ``preferred(norm, device, bias, size=None) -> bool``: whether ``auto`` should take
 it for a call of shape ``size`` = (B, H, T, S) where it is supported but may be slower than
@@ -71,7 +73,8 @@ def resolve(name: str, norm: Normalizer, device: torch.device, bias=None, size=N
                 ok = mod.supports(norm, device, bias)
             if ok:
                 return mod
-        raise RuntimeError(f"no backend supports {norm} on {device}")  # torch supports all
+        raise RuntimeError(f"no backend supports {norm} on {device}: a normalizer kind "
+                           "that no backend's KINDS names")  # torch takes every kind there is
     mod = load(name)
     if mod is None or not mod.usable():
         raise RuntimeError(
@@ -81,6 +84,6 @@ def resolve(name: str, norm: Normalizer, device: torch.device, bias=None, size=N
     if not mod.supports(norm, device, bias):
         raise RuntimeError(
             f"backend {name!r} does not support {norm} on {device.type} with this bias; "
-            "use backend='torch' (supports everything) or 'auto'"
+            "use backend='torch' (every kind, any bias) or 'auto'"
         )
     return mod

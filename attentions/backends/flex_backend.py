@@ -42,8 +42,12 @@ def usable() -> bool:
     return True
 
 
+#: the normalizer kinds FlexAttention computes here (an allow-list: any other goes elsewhere)
+KINDS = frozenset({"softmax"})
+
+
 def supports(norm: Normalizer, device, bias=None) -> bool:
-    return (norm.kind in ("softmax",) and torch.device(device).type == "cuda"
+    return (norm.kind in KINDS and torch.device(device).type == "cuda"
             and (bias is None or isinstance(bias, Alibi)))
 
 

@@ -45,8 +45,12 @@ def usable() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+#: the normalizer kinds the kernels compute (an allow-list: any other goes elsewhere)
+KINDS = frozenset({"softmax", "entmax"})
+
+
 def supports(norm: Normalizer, device, bias=None) -> bool:
-    if torch.device(device).type != "cpu" or norm.kind == "topk":
+    if torch.device(device).type != "cpu" or norm.kind not in KINDS:
         return False
     if isinstance(bias, torch.Tensor) and bias.requires_grad:
         return False
@@ -317,6 +321,6 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     if isinstance(bias, torch.Tensor) and bias.requires_grad:
         raise ValueError("a learned dense bias is not supported; pass a constant bias or Alibi")
-    if norm.kind == "topk":
-        raise ValueError("the numba backend has no top-k kernel; use backend='torch'")
+    if norm.kind not in KINDS:
+        raise ValueError(f"the numba backend has no {norm.kind} kernel; use backend='torch'")
     return NumbaAttention.apply(q, k, v, norm, causal, bias, sm_scale)

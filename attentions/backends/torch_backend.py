@@ -33,8 +33,12 @@ def usable() -> bool:
     return True
 
 
+#: the normalizer kinds ``torch_normalizers`` computes (an allow-list, as every backend's)
+KINDS = frozenset({"softmax", "entmax", "topk"})
+
+
 def supports(norm: Normalizer, device, bias=None) -> bool:
-    return True
+    return norm.kind in KINDS
 
 
 def chunk_rows(B: int, H: int, S: int, device: torch.device) -> int:

@@ -49,8 +49,12 @@ def _device_ok(device) -> bool:
     return dev.type == "cuda" or (dev.type == "cpu" and _interpret())
 
 
+#: the normalizer kinds the kernels compute (an allow-list: any other goes elsewhere)
+KINDS = frozenset({"entmax"})
+
+
 def supports(norm: Normalizer, device, bias=None) -> bool:
-    if norm.kind != "entmax" or not _device_ok(device):
+    if norm.kind not in KINDS or not _device_ok(device):
         return False
     return bias is None or isinstance(bias, Alibi)
 
@@ -128,7 +132,7 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, 
         return (64, 32, 4, 2) if kind == "fwd" else (32, 32, 4, 1)
     if kind == "fwd":
         return (128, 64, 8, 2) if big else (128, 64, 4, 3)
-    # D <= 64: the fastest of `python -m suite.bench_cuda --sweep` on an H100 (2026-11-27):
+    # D <= 64: the fastest of `python -m suite.bench.cuda --sweep` on an H100 (2026-11-27):
     # forward 128,64,4,3 (5.17 ms at T=16384 against 5.85-7.63 for the others), dK/dV
     # 32,128,4,2 (9.62 ms for the backward against 9.76-10.25), dQ 128,64,4,3 (9.39 against
     # 9.45-10.18)
@@ -273,7 +277,7 @@ def _backward(ctx, dout, _do2, _dstats):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_backward(device) -> bool:
+def fused_backward() -> bool:
     """Whether a call that needs gradients runs the fused backward kernels (default: yes;
     SUITE_TRITON_FUSED_BACKWARD=0 sends such calls to the torch backend instead).
 
@@ -288,7 +292,7 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     fused = (
-        not (grad and not fused_backward(q.device))
+        not (grad and not fused_backward())
         and supports(norm, q.device, bias)
         and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and q.dtype == k.dtype == v.dtype

@@ -3,14 +3,14 @@
 over materialized scores (up to T = 4096), forward and forward+backward, all in one run.
 
 pytest-benchmark groups the rows by (T, pass), so each group reads as a ratio to sdpa. The
-same table with ratios and memory: ``suite bench`` (``suite.bench.run``)."""
+same table with ratios and memory: ``suite bench`` (``suite.bench.cpu.run``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from suite import bench
+from suite.bench import cpu as bench
 
 pytestmark = pytest.mark.bench
 

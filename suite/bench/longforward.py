@@ -1,6 +1,6 @@
 """Time and peak memory of one attention forward at long T (the evaluation pass), beside SDPA.
 
-    python -m suite.longforward --T 65536 --H 16 --D 64 --specs entmax softmax
+    python -m suite.bench.longforward --T 65536 --H 16 --D 64 --specs entmax softmax
 
 Gaussian q, k, v (as in docs/peers.md), causal. Times are medians of CUDA-event timings after a
 warm-up; peak memory is ``torch.cuda.max_memory_allocated`` over the call, minus what the
@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 import attentions
 from attentions.backends import resolve
+
+from .common import peak_gib
 
 
 def _time(fn, reps: int, device: torch.device) -> float:
@@ -37,18 +39,6 @@ def _time(fn, reps: int, device: torch.device) -> float:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
-
-
-def peak_gib(fn, device: torch.device | str = "cuda") -> float | None:
-    """GiB the call allocates on the GPU beyond what was allocated before it (None on CPU)."""
-    if torch.device(device).type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
 def measure(spec: str, T: int, B=1, H=16, D=64, dtype=torch.bfloat16, device="cuda",

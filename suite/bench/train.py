@@ -29,12 +29,14 @@ import torch
 
 import tasks
 
-from . import profiles as P
-from .data import Batches
-from .step import Stepper
-from .train import LOG_EVERY, Cell, build_model, lr_at
+from .. import profiles as P
+from ..data import Batches
+from ..step import Stepper
+from ..train import LOG_EVERY, Cell, build_model, lr_at
 
 BASELINE = "softmax"
+TASKS = ("mqmtar", "sort")  # timed when no --task is given
+ATTENTIONS = ("softmax", "entmax", "asentmax")  # timed when no --attention is given
 
 
 def peak_tflops(device: torch.device) -> float:

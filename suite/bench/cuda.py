@@ -1,4 +1,4 @@
-"""GPU benchmark of fused sparse attention against softmax: ``python -m suite.bench_cuda``.
+"""GPU benchmark of fused sparse attention against softmax: ``python -m suite.bench.cuda``.
 
 One run times, on the current CUDA device, causal attention with bf16 Gaussian q, k, v,
 B=2, H=16, D=64 (B=1 and forward only at T=65536):
@@ -37,7 +37,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from .longforward import peak_gib
+from .common import peak_gib
 
 H, D = 16, 64
 LENGTHS = (1024, 4096, 16384, 65536)
@@ -326,7 +326,7 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
 
 def once(T: int, impl: str = "both") -> None:
     """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
-    a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench_cuda --once T``)."""
+    a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench.cuda --once T``)."""
     q, k, v = _inputs(2, T, torch.bfloat16, False)
     fns = {"ours": _ours(1.5), "sdpa": _sdpa}  # SDPA with its own backend choice
     with torch.no_grad():
@@ -382,9 +382,9 @@ def environment():
 def long_rows(rows: list[dict], device: str) -> list[dict]:
     """``measure`` rows in `suite bench`'s long format: one dict per (impl, T, pass) with impl,
     T, pass ("fwd" or "fwd+bwd"), median_ms, ratio_to_sdpa (to the baseline of the same rows),
-    peak_extra_mib, device, B. SDPA with its own backend choice is named ``sdpa_softmax``
-    there (the store's baseline name); NAPE rows take their ratio against softmax+NAPE's fused
-    path."""
+    peak_extra_mib, device, dtype, B, H, D. SDPA with its own backend choice is named
+    ``sdpa_softmax`` there (the store's baseline name); NAPE rows take their ratio against
+    softmax+NAPE's fused path."""
     out = []
     # tables of 2026-11-27 and before had SDPA with FLASH forced as their baseline
     base = BASELINE if any(r["impl"] == BASELINE for r in rows) else "sdpa_flash"
@@ -395,7 +395,8 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
                 out.append({"impl": impl, "T": row["T"], "pass": pas,
                             "median_ms": row[f"{key}_ms"],
                             "peak_extra_mib": 1024 * row[f"{key}_peak_gib"],
-                            "device": device, "B": row["B"]})
+                            "device": device, "dtype": row.get("dtype", "bf16"),
+                            "B": row["B"], "H": row.get("H", H), "D": row.get("D", D)})
     for r in out:
         name = BASELINE_OF.get(r["impl"], "sdpa_softmax")
         base = next((b["median_ms"] for b in out if b["impl"] == name
@@ -405,7 +406,7 @@ def long_rows(rows: list[dict], device: str) -> list[dict]:
 
 
 def from_json(path: str) -> list[dict]:
-    """The long rows of a table written by ``python -m suite.bench_cuda --out PATH`` (e.g. on
+    """The long rows of a table written by ``python -m suite.bench.cuda --out PATH`` (e.g. on
     a GPU machine that cannot reach the tracking server), to log them elsewhere."""
     with open(path) as fh:
         data = json.load(fh)

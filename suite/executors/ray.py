@@ -31,47 +31,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attentions
 import tasks
+from results import schema
 
-from .train import Cell, NonFiniteLoss, checkpoint_dir
+from ..profiles import RESOURCES, Resources
+from ..train import Cell, NonFiniteLoss, checkpoint_dir
+from .server import tracking_server
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
 DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
 NOT_RETRIED = (NonFiniteLoss, attentions.SpecError)  # deterministic: a retry fails the same way
 
 
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """What one cell asks of the cluster."""
-    num_cpus: float
-    num_gpus: float = 0.0
-
-
-# The resources a cell of each profile needs on (cpu, cuda). Tiny models share a GPU.
-PROFILE_RESOURCES = {
-    "smoke": {"cpu": Resources(1), "cuda": Resources(1, 0.125)},
-    "quick": {"cpu": Resources(1), "cuda": Resources(1, 0.25)},
-    "paper": {"cpu": Resources(4), "cuda": Resources(2, 1.0)},
-}
-FALLBACK = {"cpu": Resources(1), "cuda": Resources(1, 1.0)}
-
-
 def cell_resources(cell: Cell) -> Resources:
-    """The table above for the cell's profile (FALLBACK for a profile it does not name), then
-    ``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL``."""
-    table = PROFILE_RESOURCES.get(cell.profile.name, FALLBACK)
-    res = table.get(cell.device, FALLBACK[cell.device])
+    """The profile's declaration (``Profile.resources``), then ``SUITE_RAY_CPUS_PER_CELL`` /
+    ``SUITE_RAY_GPUS_PER_CELL``."""
+    res = cell.profile.resources.get(cell.device, RESOURCES[cell.device])
     cpus = float(os.environ.get("SUITE_RAY_CPUS_PER_CELL") or res.num_cpus)
     if cell.device != "cuda":
         return Resources(cpus, 0.0)
@@ -111,21 +94,14 @@ class _GuardedTracker:
 def settle(tracker, experiment: str, config_hash: str) -> str | None:
     """Leave one FINISHED run for the config hash (the smallest run id) and no RUNNING one;
     returns the FINISHED run's id. Every finisher calls it, so the store converges."""
-    from results.offline import HASH_TAG
-
-    exp_id = tracker.experiment(experiment)
-    by_hash = f"tags.`{HASH_TAG}` = '{config_hash}'"
-    done = sorted(r.info.run_id for r in tracker.search(
-        [exp_id], f"{by_hash} and attributes.status = 'FINISHED'"))
+    done = sorted(tracker.runs(experiment, config_hash=config_hash, status="FINISHED"))
     if not done:
         return None
     keep = done[0]
     for run_id in done[1:]:
-        tracker.client.set_tag(run_id, "suite.duplicate_of", keep)
-        tracker.client.set_terminated(run_id, "KILLED")
-    for run in tracker.search([exp_id], f"{by_hash} and attributes.status = 'RUNNING'"):
-        tracker.client.set_tag(run.info.run_id, "suite.superseded_by", keep)
-        tracker.client.set_terminated(run.info.run_id, "KILLED")
+        tracker.end(run_id, "KILLED", {schema.DUPLICATE_OF: keep})
+    for run_id in tracker.runs(experiment, config_hash=config_hash, status="RUNNING"):
+        tracker.end(run_id, "KILLED", {schema.SUPERSEDED_BY: keep})
     return keep
 
 
@@ -144,23 +120,22 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
 
     from results.tracking import Tracker
 
-    from .run import run_cell
+    from ..run import experiment, run_cell
 
     os.environ["SUITE_CHECKPOINT_DIR"] = ckpt_dir
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
-    node = {"suite.ray_node": platform.node()}
+    node = {schema.tag("ray_node"): platform.node()}
     guarded = None
     try:
         load_plugins(plugins)
         tracker = Tracker(uri)
-        experiment = tasks.get(cell.task).name
-        done = tracker.finished(experiment, cell.config_hash)
+        done = tracker.finished(experiment(cell), cell.config_hash)
         if done:
             return {"status": "skipped", "run": done}
         guarded = _GuardedTracker(tracker, cell.config_hash, {**tags, **node})
         results = run_cell(cell, guarded, progress=False)
-        keep = settle(tracker, experiment, cell.config_hash)
+        keep = settle(tracker, experiment(cell), cell.config_hash)
         if keep != guarded.run_id:
             return {"status": "duplicate", "run": keep}
         return {"status": "finished", "run": keep, "results": _plain(results),
@@ -179,38 +154,6 @@ def run_cell_task(cell: Cell, uri: str, ckpt_dir: str, tags: dict[str, str], thr
 def _plain(results: dict) -> dict:
     """The headline metrics per length (no per-head diagnostics) for the driver's line."""
     return {n: {k: v for k, v in r.items() if k != "diagnostics"} for n, r in results.items()}
-
-
-# ---------------------------------------------------------------- the tracking server
-
-
-@contextlib.contextmanager
-def tracking_server(uri: str) -> Iterator[tuple[str, int | None, str | None]]:
-    """(http URI the workers use, server pid or None, server log or None). An http(s) URI is
-    used as it is; any other store gets an ``mlflow server`` on 127.0.0.1 in front of it,
-    guarded so that it stops with this process even after a ``kill -9``."""
-    from results import ui
-
-    if ui.is_http(uri):
-        yield uri, None, None
-        return
-    port = ui.free_port()
-    base = f"http://{ui.HOST}:{port}"
-    fd, log_path = tempfile.mkstemp(prefix="suite-mlflow-server-", suffix=".log")
-    with os.fdopen(fd, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "suite.ray_guard", str(os.getpid()), "--",
-             *ui.server_command(uri, port)],
-            env={**os.environ, **ui.SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    try:
-        ui.wait_ready(proc, base)
-        yield base, proc.pid, log_path
-    except BaseException:
-        ui.stop(proc)
-        raise  # the server's log stays for a look
-    ui.stop(proc)
-    Path(log_path).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the driver
@@ -270,31 +213,20 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def _record_failure(tracker, cell: Cell, tags: dict[str, str], error: str) -> None:
+def _record_failure(tracker, cell: Cell, sweep_id: str, error: str) -> None:
     """End the cell's RUNNING runs of this sweep FAILED with the error (their worker died), or
     log a FAILED run when the attempt left none."""
-    from results.offline import HASH_TAG
+    from ..run import cell_tags, experiment, run_name
 
-    experiment = tasks.get(cell.task).name
-    exp_id = tracker.experiment(experiment)
-    stale = list(tracker.search([exp_id], f"tags.`{HASH_TAG}` = '{cell.config_hash}' and "
-                                f"tags.`suite.sweep_id` = '{tags['suite.sweep_id']}' and "
-                                "attributes.status = 'RUNNING'"))
-    for run in stale:
-        tracker.client.set_tag(run.info.run_id, "suite.error", error[:4900])
-        tracker.client.set_terminated(run.info.run_id, "FAILED")
-    if stale:
-        return
-
-    class CellFailed(RuntimeError):
-        pass
-
-    run_tags = {HASH_TAG: cell.config_hash, "suite.kind": "cell", "suite.attention":
-                cell.attention, "suite.task": cell.task, "suite.seed": str(cell.seed),
-                "suite.profile": cell.profile.name, **tags}
-    with contextlib.suppress(CellFailed):
-        with tracker.run(experiment, cell.name, cell.config(), run_tags):
-            raise CellFailed(error)
+    failed = {schema.ERROR: error[:schema.ERROR_LIMIT]}
+    stale = tracker.runs(experiment(cell), config_hash=cell.config_hash, sweep_id=sweep_id,
+                         status="RUNNING")
+    for run_id in stale:
+        tracker.end(run_id, "FAILED", failed)
+    if not stale:
+        tags = cell_tags(cell, executor="ray", sweep_id=sweep_id)
+        log = tracker.start(experiment(cell), run_name(cell), tags, cell.config())
+        tracker.end(log.run_id, "FAILED", failed)
 
 
 def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
@@ -308,10 +240,9 @@ def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
     except ImportError:
         raise attentions.SpecError(
             "--executor ray needs Ray: pip install 'attention-suite[ray]'") from None
-    from results.offline import is_offline
     from results.tracking import resolve_uri
 
-    if is_offline(tracking_uri):
+    if schema.is_offline(tracking_uri):
         raise attentions.SpecError(
             "--executor ray logs through an MLflow tracking server; an offline jsonl: log is "
             "for the local executor (run the Ray sweep on a machine with MLflow)")
@@ -330,20 +261,22 @@ def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
 def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> int:
     from results.tracking import Tracker
 
+    from ..run import experiment
+
     ckpt = str(checkpoint_dir().resolve())
     plugins = plugins_for(cells)
-    if not uri.startswith(("http://", "https://")):
+    if not schema.is_http(uri):
         # Experiments made here (one writer, before the server starts) keep their artifacts
         # beside the database, where the local executor puts them.
         direct = Tracker(uri)
-        for name in sorted({tasks.get(c.task).name for c in cells}):
+        for name in sorted({experiment(c) for c in cells}):
             direct.experiment(name)
 
     started = _init_ray(ray, ray_address, num_cpus)
     try:
         cells = _place(cells, ray.cluster_resources())
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) > 1 and not uri.startswith(("http://", "https://")):
+        if len(nodes) > 1 and not schema.is_http(uri):
             raise attentions.SpecError(
                 f"the Ray cluster has {len(nodes)} nodes, but the store {uri!r} is not a "
                 "tracking server they can all reach: start `mlflow server --host 0.0.0.0 ...` "
@@ -365,6 +298,8 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
 
 
 def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) -> int:
+    from ..run import experiment, ladder
+
     sweep_id = uuid.uuid4().hex[:12]
     index = {cell.config_hash: i for i, cell in enumerate(cells, 1)}
     head = lambda cell: f"[{index[cell.config_hash]}/{len(cells)}] {cell.name}"
@@ -375,8 +310,8 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
         task = ray.remote(run_cell_task).options(
             num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=SYSTEM_RETRIES,
             retry_exceptions=False, name=f"cell {cell.name}")
-        tags = {"suite.executor": "ray", "suite.sweep_id": sweep_id,
-                "suite.attempt": str(attempt)}
+        tags = {schema.tag("executor"): "ray", schema.SWEEP: sweep_id,
+                schema.tag("attempt"): str(attempt)}
         ref = task.remote(cell, server, ckpt, tags, max(1, int(res.num_cpus)), plugins)
         pending[ref] = (cell, attempt)
         if progress:
@@ -384,7 +319,7 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
                   f"{res.num_gpus:g} GPU)", file=out, flush=True)
 
     for cell in cells:
-        done = tracker.finished(tasks.get(cell.task).name, cell.config_hash)
+        done = tracker.finished(experiment(cell), cell.config_hash)
         if done:
             print(f"{head(cell)}: skipped, finished already (config {cell.config_hash}, "
                   f"run {done})", file=out, flush=True)
@@ -399,16 +334,14 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as err:  # the worker or node died, retries spent
                 error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:500]}"
-                _record_failure(tracker, cell, {"suite.executor": "ray",
-                                                "suite.sweep_id": sweep_id}, error)
+                _record_failure(tracker, cell, sweep_id, error)
                 failed += 1
                 print(f"{head(cell)}: FAILED: {error}", file=out, flush=True)
                 continue
             status = result["status"]
             if status == "finished":
-                ladder = " ".join(f"{n}:{_headline(r)}" for n, r in result["results"].items())
-                print(f"{head(cell)}: done in {result['seconds']:.0f}s  {ladder}", file=out,
-                      flush=True)
+                print(f"{head(cell)}: done in {result['seconds']:.0f}s  "
+                      f"{ladder(result['results'])}", file=out, flush=True)
             elif status in ("skipped", "duplicate"):
                 print(f"{head(cell)}: skipped, finished by another run ({result['run']})",
                       file=out, flush=True)
@@ -418,9 +351,7 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
                 submit(cell, attempt + 1)
             else:
                 if result["run"] is None:  # it failed before its run existed
-                    _record_failure(tracker, cell, {"suite.executor": "ray",
-                                                    "suite.sweep_id": sweep_id},
-                                    result["error"])
+                    _record_failure(tracker, cell, sweep_id, result["error"])
                 failed += 1
                 print(f"{head(cell)}: FAILED: {result['error']}", file=out, flush=True)
     except BaseException:  # Ctrl-C or a broken store: stop the cells, mark their runs
@@ -434,16 +365,8 @@ def _drive(ray, cells, tracker, server, ckpt, plugins, attempts, progress, out) 
 
 
 def _kill_running(tracker, cell: Cell, sweep_id: str) -> None:
-    from results.offline import HASH_TAG
+    from ..run import experiment
 
-    exp_id = tracker.experiment(tasks.get(cell.task).name)
-    for run in tracker.search([exp_id], f"tags.`{HASH_TAG}` = '{cell.config_hash}' and "
-                              f"tags.`suite.sweep_id` = '{sweep_id}' and "
-                              "attributes.status = 'RUNNING'"):
-        tracker.client.set_terminated(run.info.run_id, "KILLED")
-
-
-def _headline(res: dict) -> str:
-    from .run import _headline as headline
-
-    return headline(res)
+    for run_id in tracker.runs(experiment(cell), config_hash=cell.config_hash,
+                               sweep_id=sweep_id, status="RUNNING"):
+        tracker.end(run_id, "KILLED")

@@ -1,4 +1,6 @@
-"""Instruction mix of the Triton kernels on sm_90, without a GPU: ``python -m suite.triton_sass``.
+"""Instruction mix of the Triton kernels on sm_90, without a GPU.
+
+    python -m tests.tools.triton_sass --kernel fwd
 
 Compiles the forward (or a backward) kernel ahead of time for an H100 (``triton.compile`` with
 ``GPUTarget("cuda", 90, 32)``; pointer and length arguments marked 16-divisible as the launcher

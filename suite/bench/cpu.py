@@ -20,7 +20,7 @@ a fresh process whose glibc returns every freed block of 64 KiB or more to the s
 The last row, ``numba_entmax15`` / ``first call``, is a new process's first attention call
 (T = 256) with the numba cache warm: what a training or evaluation job pays at start.
 Threads: torch's (``torch.get_num_threads()``, default all cores); the numba backend runs its
-kernels on that many threads of its own. ``format_table`` renders the rows.
+kernels on that many threads of its own. ``common.format_table`` renders the rows.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .common import format_table
+
 B, H, D = 1, 8, 64
 LENGTHS = (1024, 4096, 16384)
 PKG_MAX_T = 4096
@@ -44,7 +46,7 @@ SLOW_S = 4.0
 IMPLS = ("sdpa_softmax", "numba_softmax", "numba_entmax15", "numba_entmax125",
          "entmax_pkg_entmax15")
 PASSES = ("fwd", "fwd+bwd")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def implementation(name: str):
@@ -160,7 +162,7 @@ def peak_extra_mib(cells, device="cpu") -> dict:
         return {c: None for c in cells}
     env = _env(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     arg = json.dumps([list(c) for c in cells])
-    res = subprocess.run([sys.executable, "-m", "suite.bench", "--memory", arg, device],
+    res = subprocess.run([sys.executable, "-m", "suite.bench.cpu", "--memory", arg, device],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{res.stderr[-2000:]}")
@@ -172,7 +174,7 @@ def first_call_ms(device="cpu") -> float:
     """A new process's first numba entmax attention call (T=256), numba cache warm."""
     code = (
         "import time, torch\n"
-        "from suite import bench\n"
+        "from suite.bench import cpu as bench\n"
         "fn = bench.implementation('numba_entmax15')\n"
         "q, k, v, _ = bench.inputs(256)\n"
         "t = time.perf_counter(); fn(q, k, v); print((time.perf_counter() - t) * 1e3)\n"
@@ -216,8 +218,7 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
         b = base.get((r["T"], r["pass"]))
         r["ratio_to_sdpa"] = r["median_ms"] / b if b else None
         r["peak_extra_mib"] = mem.get((r["impl"], r["T"], r["pass"]))
-        r["threads"] = threads
-        r["device"] = device
+        r.update(threads=threads, device=device, dtype="float32", B=B, H=H, D=D)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for r in rows:
         r["load_avg"] = load  # other work on the machine inflates wall times
@@ -226,32 +227,8 @@ def run(device: str = "cpu", lengths=LENGTHS, repeats: int = 3, impls=IMPLS,
                      "median_ms": first_call_ms(device), "cpu_ms": None, "samples": 1,
                      "ratio_to_sdpa": None,
                      "peak_extra_mib": None, "threads": threads, "device": device,
-                     "load_avg": load})
+                     "dtype": "float32", "B": B, "H": H, "D": D, "load_avg": load})
     return rows
-
-
-def format_table(rows) -> str:
-    """A markdown table of ``run``'s rows (or of ``suite.bench_cuda.run``'s)."""
-    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    ms = lambda x: fmt(x, ".3f" if x is not None and x < 10 else ".1f")  # noqa: E731
-    lines = ["| impl | T | pass | median ms | / sdpa | CPU ms | peak extra MiB |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['impl']} | {r['T']} | {r['pass']} | {ms(r['median_ms'])} | "
-                     f"{fmt(r['ratio_to_sdpa'], '.2f')} | {fmt(r.get('cpu_ms'), '.0f')} | "
-                     f"{fmt(r['peak_extra_mib'], '.0f')} |")
-    if rows and "threads" in rows[0]:
-        load = rows[0].get("load_avg")
-        lines.append(f"\n{rows[0]['device']}, torch threads = {rows[0]['threads']}; causal, "
-                     f"float32, B={B}, H={H}, D={D}"
-                     + ("" if load is None else f"; 1-min load average after the run {load:.1f}"))
-    elif rows:
-        from . import bench_cuda
-
-        batches = sorted({r["B"] for r in rows if "B" in r}, reverse=True)
-        lines.append(f"\n{rows[0]['device']}; causal, bf16, B={'/'.join(map(str, batches))}, "
-                     f"H={bench_cuda.H}, D={bench_cuda.D} (suite.bench_cuda)")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

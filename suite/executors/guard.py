@@ -1,6 +1,6 @@
 """A guard that keeps a process no longer alive than its parent.
 
-``python -m suite.ray_guard PARENT_PID -- COMMAND...``, started in a session of its own, runs
+``python -m suite.executors.guard PARENT_PID -- COMMAND...``, started in a session of its own, runs
 COMMAND in its process group and waits. When COMMAND exits, the guard exits with its code; when
 the parent is gone, even by ``kill -9``, the guard stops its whole process group (SIGTERM, then
 SIGKILL after ten seconds). The Ray executor runs its ``mlflow server`` under it, so a killed
@@ -40,7 +40,7 @@ def _stop_group(child: subprocess.Popen, grace: float = 10.0) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m suite.ray_guard PARENT_PID -- COMMAND...", file=sys.stderr)
+        print("usage: python -m suite.executors.guard PARENT_PID -- COMMAND...", file=sys.stderr)
         return 2
     parent = int(argv[0])
     child = subprocess.Popen(argv[2:])
