@@ -14,7 +14,8 @@ import torch
 import attentions
 from results.leaderboard import build, ranking
 from suite import profiles
-from suite.run import plan, sweep
+from suite.executors.local import sweep
+from suite.run import plan
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
