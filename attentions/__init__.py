@@ -13,6 +13,7 @@ from .api import (  # noqa: F401
     backends,
     build,
     canonical_spec,
+    check_output,
     config,
     describe,
     get,

@@ -90,16 +90,46 @@ def load_plugin(target: str) -> Any:
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except Exception:
+        except SpecError:
             del sys.modules[mod_name]
             raise
+        except Exception as err:
+            del sys.modules[mod_name]
+            raise SpecError(f"plugin {target!r} failed to import: {_located(err, path)}; "
+                            "fix the file (try `python FILE`) and run again") from err
         return module
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as err:
+        if err.name and not target.startswith(err.name) and err.name != target:
+            raise SpecError(f"plugin {target!r} failed to import: {_located(err)}; install "
+                            f"what it needs (pip install {err.name.split('.')[0]})") from err
         raise SpecError(
             f"plugin {target!r} is neither a .py file nor an importable module ({err})"
         ) from err
+    except SpecError:
+        raise
+    except Exception as err:
+        raise SpecError(f"plugin {target!r} failed to import: {_located(err)}; fix the module "
+                        "and run again") from err
+
+
+def _located(err: BaseException, path: Path | None = None) -> str:
+    """``ErrorType: message (file, line N)``, the line inside the plugin where it can be told."""
+    import traceback
+
+    where = ""
+    if isinstance(err, SyntaxError) and err.lineno:
+        where = f" ({Path(err.filename or str(path)).name}, line {err.lineno})"
+        msg = err.msg
+    else:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        frames = traceback.extract_tb(err.__traceback__)
+        mine = [f for f in frames if path is None or Path(f.filename) == path.resolve()
+                or Path(f.filename) == path]
+        if mine:
+            where = f" ({Path(mine[-1].filename).name}, line {mine[-1].lineno})"
+    return f"{type(err).__name__}: {msg}{where}"
 
 
 def import_modules(package: str, path: Iterable[str]) -> None:

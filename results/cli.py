@@ -39,28 +39,42 @@ def add_ui_args(parser: argparse.ArgumentParser) -> None:
 
 
 def ui_cmd(args) -> int:
-    """Start the MLflow UI over the store and print the leaderboard run's URL; Ctrl-C stops."""
+    """Start the MLflow UI over the store and print the leaderboard run's URL and each task's
+    chart view; Ctrl-C (or SIGTERM) stops the server and returns within seconds."""
     from . import ui
     from .report import latest
     from .schema import is_http
     from .tracking import Tracker
 
     tracker = Tracker(args.tracking_uri)  # a corrupt or unreachable store fails here
+    ui.model_training_view(tracker)
     found = latest(tracker)
     if is_http(tracker.uri):
         print(f"the store is a tracking server: its UI is {ui.run_url(tracker.uri, found)}")
+        _print_tasks(ui, tracker, tracker.uri)
         return 0
     base = f"http://{ui.HOST}:{args.port}"
-    proc = ui.start(tracker.uri, args.port)
+    log_path = ui.log_path(tracker.uri)
+    proc = ui.start(tracker.uri, args.port, log=open(log_path, "a"))  # noqa: SIM115
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui.wait_ready(proc, base)
-        print(f"MLflow UI over {tracker.uri} (mlflow server pid {proc.pid})", flush=True)
+        print(f"MLflow UI over {tracker.uri} (mlflow server pid {proc.pid}, its log "
+              f"{log_path})", flush=True)
         print(("leaderboard run: " if found else "no leaderboard run yet (run `suite "
                "leaderboard`); experiments: ") + ui.run_url(base, found), flush=True)
+        _print_tasks(ui, tracker, base)
         print("Ctrl-C stops it.", flush=True)
         return proc.wait()
-    except KeyboardInterrupt:
-        return 0
+    except (KeyboardInterrupt, SystemExit) as stop:
+        print("\nsuite ui: stopped; the MLflow server is shut down", file=sys.stderr, flush=True)
+        return 143 if isinstance(stop, SystemExit) else 0
     finally:
         ui.stop(proc)
+
+
+def _print_tasks(ui, tracker, base: str) -> None:
+    for name, exp_id in ui.task_experiments(tracker):
+        print(f"task {name}, chart view: {ui.experiment_url(base, exp_id, chart=True)}",
+              flush=True)

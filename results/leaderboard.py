@@ -7,8 +7,10 @@ are never averaged as if they were seeds; ``table`` aggregates them into the lea
 table, one row per (task, attention, length): exact match and token accuracy as mean and spread
 over seeds (sample standard deviation, empty with one seed), ``multiple`` = length / training
 length; other metrics of the metric table (``tasks.metrics.METRICS``: perplexity, retrieval
-accuracy) add their own columns in the same long format. ``render`` (terminal), ``markdown`` and
-``html`` lay each task out as attention by length, with the best value per column marked.
+accuracy) add their own columns in the same long format (docs/design.md, "Leaderboard CSV").
+``render`` (terminal), ``markdown`` and ``html`` lay each task out as attention by length,
+ranked by ``score`` (stated in each table's caption), with the best value per column marked on
+the value itself, and nothing marked in a column where every value is 0.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import html as html_lib
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 import polars as pl
 
-from tasks.metrics import METRICS
+from tasks.metrics import COMPANION, METRICS
 from tasks.metrics import headline as headline_of
 
 from . import schema
@@ -149,6 +152,45 @@ def csv_text(tab: pl.DataFrame) -> str:
     return tab.write_csv()
 
 
+def score(values: dict[int, float], train_length: int) -> float | None:
+    """The number a task's rows are ranked by: the mean of a metric over the lengths beyond
+    the training length (all lengths where none is beyond). Shared by the leaderboard (over
+    seed means) and each cell's run (its ``score`` metric)."""
+    beyond = [v for n, v in values.items() if n > train_length and v is not None]
+    if not beyond:
+        beyond = [v for v in values.values() if v is not None]
+    return sum(beyond) / len(beyond) if beyond else None
+
+
+def score_caption(metric: str, lengths: list[int], train_length: int) -> str:
+    beyond = [n for n in lengths if n > train_length]
+    over = beyond or lengths
+    span = f"{over[0]}" if len(over) == 1 else f"{over[0]}-{over[-1]}"
+    m = METRICS[metric]
+    name = m.label.split(" %")[0].split(" (")[0]
+    where = "beyond training" if beyond else "every length"
+    tail = "; ties: mean token accuracy there" if m.percent else (
+        ", lowest first" if m.better == "min" else "")
+    return f"rank: score = mean {name} at {span} ({where}){tail}"
+
+
+def ranking(part: pl.DataFrame) -> list[tuple[str, float | None, float | None]]:
+    """One task's attentions in rank order: (attention, score, tie-breaker). The better score
+    first (higher, or lower for a lower-is-better metric such as perplexity), then the higher
+    mean token accuracy over the same lengths, then the name; no score goes last."""
+    metric = headline(part)
+    train = _train_length(part)
+    out = []
+    for (att,), sub in part.group_by("attention", maintain_order=True):
+        rows = {r["length"]: r for r in sub.iter_rows(named=True)}
+        main = score({n: r[f"{metric}_mean"] for n, r in rows.items()}, train)
+        tie = score({n: r.get(f"{COMPANION}_mean") for n, r in rows.items()}, train)
+        out.append((att, main, tie))
+    sign = 1.0 if METRICS[metric].better == "min" else -1.0
+    return sorted(out, key=lambda r: (r[1] is None, sign * (r[1] or 0.0),
+                                      -(r[2] or 0.0), r[0]))
+
+
 def headline(part: pl.DataFrame) -> str:
     """The metric a task is ranked by: its first headline metric (``tasks.metrics``)."""
     reported = [m for m in METRICS if f"{m}_mean" in part.columns
@@ -159,21 +201,40 @@ def headline(part: pl.DataFrame) -> str:
         return "exact_match"
 
 
-def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]]]:
-    """One task's view: its headline metric, the column headers ("128 (2x)") and, per
-    attention, one cell per length (see ``_cell``; None where there is no value)."""
+def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], str]:
+    """One task's view, ranked: its headline metric, the column headers ("score", then
+    "128 (2x)" per length), per attention in rank order one cell for the score and one per
+    length (see ``_cell``; None where there is no value), and the caption of the ranking."""
     metric = headline(part)
     key = f"{metric}_mean"
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
-    pick = pl.col(key).min() if METRICS[metric].better == "min" else pl.col(key).max()
-    best = dict(part.group_by("length").agg(pick).iter_rows())
+    ranked = ranking(part)
+    best = {n: _best(part.filter(pl.col("length") == n)[key].to_list(), metric)
+            for n in lengths}
+    best_score = _best([r[1] for r in ranked], metric)
+    digits = METRICS[metric].digits
+    by_att = {att: {r["length"]: r for r in sub.iter_rows(named=True)}
+              for (att,), sub in part.group_by("attention", maintain_order=True)}
     rows = []
-    for (att,), sub in part.group_by("attention", maintain_order=True):
-        by = {r["length"]: r for r in sub.iter_rows(named=True)}
-        cells = [_cell(by.get(n), metric, best.get(n)) for n in lengths]
-        rows.append((att, cells))
-    return metric, [f"{n} ({mult[n]:g}x)" for n in lengths], rows
+    for att, main, _ in ranked:
+        head = None if main is None else (f"{main:.{digits}f}", "", main == best_score)
+        by = by_att[att]
+        rows.append((att, [head, *(_cell(by.get(n), metric, best[n]) for n in lengths)]))
+    heads = ["score", *(f"{n} ({mult[n]:g}x)" for n in lengths)]
+    return metric, heads, rows, score_caption(metric, lengths, _train_length(part))
+
+
+def _best(values: list, metric: str) -> float | None:
+    """The best of a column; None (nothing marked) when there is none, or when every value
+    is 0 for a higher-is-better metric (no attention did anything there)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    if METRICS[metric].better == "min":
+        return min(values)
+    top = max(values)
+    return top if top > 0 else None
 
 
 def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, bool] | None:
@@ -185,7 +246,7 @@ def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, 
     tail = f"±{std:.{digits}f}" if std is not None else ""
     if METRICS[metric].percent and row.get("token_acc_mean") is not None:
         tail += f" [{row['token_acc_mean']:.1f}]"
-    return f"{value:.{digits}f}", tail, value == best
+    return f"{value:.{digits}f}", tail, best is not None and value == best
 
 
 def _tasks(tab: pl.DataFrame):
@@ -206,9 +267,10 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
         return "the store holds no finished runs yet"
     out = []
     for task, part in _tasks(tab):
-        metric, heads, rows = grid(part)
-        out += [f"{task}: {METRICS[metric].label}; mean±std over seeds; * best per column "
-                f"(training length {_train_length(part)})",
+        metric, heads, rows, caption = grid(part)
+        out += [f"{task}: {METRICS[metric].label}; mean±std over seeds; training length "
+                f"{_train_length(part)}",
+                f"{caption}; * best per column (none where all are 0)",
                 *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
                 ""]
     for title, heads, rows in speed_views(speed):
@@ -217,7 +279,8 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
 
 
 def _star(cell) -> str:
-    return "-" if cell is None else cell[0] + cell[1] + ("*" if cell[2] else " ")
+    """The value, its mark (* for the best, on the value itself), then ±std [token acc]."""
+    return "-" if cell is None else cell[0] + ("*" if cell[2] else " ") + cell[1]
 
 
 def _fixed(heads: list[str], rows: list[list[str]]) -> list[str]:
@@ -233,10 +296,11 @@ def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = 
     if about:
         out += [about, ""]
     for task, part in _tasks(tab):
-        metric, heads, rows = grid(part)
+        metric, heads, rows, caption = grid(part)
         out += [f"## {task}", "",
-                f"{METRICS[metric].label}; mean±std over seeds; **bold**: best per column; "
-                f"training length {_train_length(part)}", ""]
+                f"{METRICS[metric].label}; mean±std over seeds; training length "
+                f"{_train_length(part)}; {caption}; **bold**: best per column (none where all "
+                "are 0)", ""]
         out += _md_table(["attention", *heads],
                          [[a, *(_bold(c) for c in cs)] for a, cs in rows])
     for title, heads, rows in speed_views(speed):
@@ -258,7 +322,8 @@ def _md_table(heads: list[str], rows: list[list[str]]) -> list[str]:
 CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
        "table{border-collapse:collapse;margin:0 0 1.5em}td,th{padding:.25em .7em;"
        "border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child"
-       "{text-align:left}th{background:#f4f4f4}b{color:#0a5}img{max-width:100%}")
+       "{text-align:left}th{background:#f4f4f4}b{color:#0a5}img{max-width:100%}"
+       "code{background:#f4f4f4;padding:0 .2em}")
 
 
 def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
@@ -269,21 +334,27 @@ def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
            "<title>Attention leaderboard</title>", f"<style>{CSS}</style></head><body>",
            "<h1>Attention leaderboard</h1>"]
     if about:
-        out.append(f"<p>{e(about)}</p>")
+        out.append(f"<p>{_code(e(about))}</p>")
     if png_b64:
         out.append(f"<img alt='exact match against length' src='data:image/png;base64,"
                    f"{png_b64}'>")
     for task, part in _tasks(tab):
-        metric, heads, rows = grid(part)
+        metric, heads, rows, caption = grid(part)
         out += [f"<h2>{e(task)}</h2>",
-                f"<p>{e(METRICS[metric].label)}; mean±std over seeds; <b>bold</b>: best per "
-                f"column; training length {_train_length(part)}</p>",
+                f"<p>{e(METRICS[metric].label)}; mean±std over seeds; training length "
+                f"{_train_length(part)}; {e(caption)}; <b>bold</b>: best per column (none "
+                "where all are 0)</p>",
                 _html_table(["attention", *heads],
                             [[e(a), *(_html_cell(c) for c in cs)] for a, cs in rows])]
     for title, heads, rows in speed_views(speed):
         out += [f"<h2>{e(title)}</h2>",
                 _html_table([e(h) for h in heads], [[e(str(v)) for v in r] for r in rows])]
     return "\n".join([*out, "</body></html>"]) + "\n"
+
+
+def _code(text: str) -> str:
+    """Markdown's `code` spans as <code> (the text is escaped already)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _html_cell(cell) -> str:

@@ -3,8 +3,10 @@
 ``suite run --tracking-uri jsonl:PATH`` appends every event of every run to one JSON-lines
 file instead of a tracking store; ``suite import PATH`` replays it into a real store (the
 embedded one by default; ``results.tracking.replay``), keeping params, tags, metrics with their
-steps, artifacts and the final status (FINISHED, FAILED or KILLED). Nothing here imports
-mlflow: the log holds the same schema (``results.schema``) that a tracking store would.
+steps, artifacts and the final status (FINISHED, FAILED, or KILLED on Ctrl-C or when a later
+attempt took over the cell of a process that died). A damaged log (a cut last line, garbage
+between lines) still gives every complete run (``parse``). Nothing here imports mlflow: the log
+holds the same schema (``results.schema``) that a tracking store would.
 
 Several processes may write one log at once: each event is one line appended under a lock on
 the file. The log names its store once (``{"event": "store", "id": ...}``, written by the
@@ -33,8 +35,15 @@ class JsonlTracker:
     def __init__(self, uri: str):
         self.uri = uri
         self.path = Path(uri.removeprefix(schema.OFFLINE_PREFIX)).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        except OSError as err:
+            from .errors import TrackingError, reason
+
+            raise TrackingError(f"--tracking-uri {uri}: cannot write {self.path} "
+                                f"({reason(err)}); give a path in a directory you can write "
+                                "to") from None
         self._id: str | None = None
 
     def _write(self, record: dict) -> None:
@@ -54,8 +63,8 @@ class JsonlTracker:
         that finds none."""
         if self._id is None:
             with file_lock(self._lock_path()):
-                self._id = next((r["id"] for r in read(self.path) if r["event"] == "store"),
-                                None)
+                self._id = next((r["id"] for r in read(self.path, [])
+                                 if r["event"] == "store"), None)
                 if self._id is None:
                     self._id = uuid.uuid4().hex[:12]
                     with self.path.open("a") as f:
@@ -69,7 +78,7 @@ class JsonlTracker:
     def _runs(self) -> dict[str, dict]:
         """Every run: {id: {"experiment", "hash", "status"}}, status from its last end."""
         found: dict[str, dict] = {}
-        for rec in read(self.path):
+        for rec in read(self.path, []):  # a damaged line is the importer's to report
             if rec["event"] == "start":
                 found[rec["run"]] = {"experiment": rec["experiment"], "status": "RUNNING",
                                      "hash": rec["tags"].get(schema.HASH)}
@@ -99,11 +108,12 @@ class JsonlTracker:
 
     @contextlib.contextmanager
     def run(self, experiment: str, name: str, params: Mapping[str, Any],
-            tags: Mapping[str, str]) -> Iterator[JsonlRunLog]:
+            tags: Mapping[str, str], description: str | None = None
+            ) -> Iterator[JsonlRunLog]:
         run = uuid.uuid4().hex
         self._write({"event": "start", "run": run, "experiment": experiment, "name": name,
                      "params": {k: str(v) for k, v in params.items()}, "tags": dict(tags),
-                     "time": time.time()})
+                     "description": description, "time": time.time()})
         log = JsonlRunLog(self, run)
         try:
             yield log
@@ -135,12 +145,100 @@ class JsonlRunLog:
     def dict(self, obj: Any, name: str) -> None:
         self.tracker._write({"event": "dict", "run": self.run, "name": name, "obj": obj})
 
+    def params(self, params: Mapping[str, Any]) -> None:
+        self.tracker._write({"event": "params", "run": self.run,
+                             "params": {k: str(v) for k, v in params.items()}})
 
-def read(path: Path) -> Iterator[dict]:
-    with Path(path).open() as f:
+    def tags(self, tags: Mapping[str, str]) -> None:
+        self.tracker._write({"event": "tags", "run": self.run, "tags": dict(tags)})
+
+    def table(self, columns: Mapping[str, list], name: str) -> None:
+        self.tracker._write({"event": "table", "run": self.run, "name": name,
+                             "columns": dict(columns)})
+
+    def dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any],
+                context: str = "train") -> None:
+        self.tracker._write({"event": "dataset", "run": self.run, "name": name,
+                             "digest": digest, "source": source, "profile": dict(profile),
+                             "context": context})
+
+
+#: the keys each event of the log must carry
+EVENT_KEYS = {"start": ("run", "experiment", "name", "params", "tags", "time"),
+              "params": ("run", "params"), "metrics": ("run", "step", "values", "time"),
+              "tags": ("run", "tags"), "dict": ("run", "name", "obj"),
+              "table": ("run", "name", "columns"),
+              "dataset": ("run", "name", "digest", "source", "profile"),
+              "end": ("run", "status"), "store": ("id",)}
+
+
+class BadLine(ValueError):
+    """A line of an offline log that is cut, not JSON, or not one of its events."""
+
+    def __init__(self, path, n: int, why: str):
+        super().__init__(f"{path}:{n}: {why}")
+        self.n = n
+
+
+def _record(line: str, path, n: int) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadLine(path, n, f"not a JSON line ({err.msg}; cut or garbage)") from None
+    if not isinstance(rec, dict) or rec.get("event") not in EVENT_KEYS:
+        raise BadLine(path, n, "not an event of an offline run log")
+    missing = [k for k in EVENT_KEYS[rec["event"]] if k not in rec]
+    if missing:
+        raise BadLine(path, n, f"a {rec['event']!r} event without {', '.join(missing)}")
+    return rec
+
+
+def read(path: Path, bad: list | None = None) -> Iterator[dict]:
+    """The events of a log. A bad line raises BadLine, or, given a ``bad`` list, is appended
+    to it and skipped (so that the complete runs around it can still be read)."""
+    with Path(path).open(errors="replace") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not a JSON line ({err})") from None
+                    yield _record(line, path, n)
+                except BadLine as err:
+                    if bad is None:
+                        raise
+                    bad.append(err)
+
+
+def parse(path: Path) -> tuple[dict[str, dict], list[BadLine]]:
+    """The runs of a log by id (start record, ``events``, ``status``, ``error``) and its bad
+    lines. A run that was open where a line is damaged gets ``damaged`` (that line); a run the
+    log leaves without an end keeps status RUNNING. A log without any run is refused
+    (ValueError) before a store is touched."""
+    bad: list[BadLine] = []
+    runs: dict[str, dict] = {}
+    seen_bad, open_runs = 0, set()
+
+    def damage() -> None:  # the runs open around a bad line may miss events
+        for run in open_runs:
+            runs[run]["damaged"] = str(bad[seen_bad])
+
+    for rec in read(path, bad):
+        if len(bad) > seen_bad:
+            damage()
+            seen_bad = len(bad)
+        if rec["event"] == "start":
+            open_runs.add(rec["run"])
+            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None}
+        elif rec.get("run") in runs:
+            r = runs[rec["run"]]
+            if rec["event"] == "end":  # the last end counts; a later one may add tags
+                r["status"], r["error"] = rec["status"], rec.get("error") or r["error"]
+                r.setdefault("end_tags", {}).update(rec.get("tags", {}))
+                open_runs.discard(rec["run"])
+            else:
+                r["events"].append(rec)
+    if len(bad) > seen_bad:
+        damage()
+    if not runs:
+        first = f"; {bad[0]}" if bad else ""
+        raise ValueError(f"{path}: no run in it: not an offline run log (written by "
+                         f"--tracking-uri jsonl:PATH){first}")
+    return runs, bad

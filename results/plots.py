@@ -1,6 +1,9 @@
 """The leaderboard plot: each task's headline metric (exact match, or retrieval accuracy, or
-perplexity for lm) against evaluation length on a log2 axis, one line per attention (mean over
-seeds, a band of one standard deviation), one panel per task, the training length dashed."""
+perplexity for lm) against evaluation length on a log2 axis, one panel per task, the training
+length dashed. One line per attention, in rank order: the mean over seeds with a band of one
+standard deviation (and error bars), each attention with a marker shape of its own and its
+points nudged sideways a little, so that lines which coincide (every variant at 0) all stay
+visible. The title names the profile and the seeds per cell."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import polars as pl
 
 from tasks.metrics import METRICS
 
-from .leaderboard import _tasks, _train_length, headline
+from .leaderboard import _tasks, _train_length, headline, ranking
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
-def plot(tab: pl.DataFrame, path: Path) -> Path:
+def plot(tab: pl.DataFrame, path: Path, title: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,30 +28,46 @@ def plot(tab: pl.DataFrame, path: Path) -> Path:
     parts = list(_tasks(tab))
     cols = min(3, len(parts))
     rows = math.ceil(len(parts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(7.0, 5.6 * cols), 4.0 * rows + 0.8),
+                             squeeze=False)
     names = sorted(tab["attention"].unique().to_list())
-    colour = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(names)}
+    style = {a: (plt.get_cmap("tab10")(i % 10), MARKERS[i % len(MARKERS)])
+             for i, a in enumerate(names)}
     for ax, (task, part) in zip(axes.flat, parts):
-        _panel(ax, task, part, colour)
+        _panel(ax, task, part, style, names)
     for ax in list(axes.flat)[len(parts):]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], color=colour[a], marker="o", label=a) for a in names]
+    handles = [plt.Line2D([], [], color=style[a][0], marker=style[a][1], label=a)
+               for a in names]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(names)))
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.set_layout_engine("constrained")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _panel(ax, task: str, part: pl.DataFrame, colour: dict) -> None:
+def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> None:
     metric = headline(part)
-    for (att,), sub in part.sort("length").group_by("attention", maintain_order=True):
-        sub = sub.filter(pl.col(f"{metric}_mean").is_not_null())
-        x = sub["length"].to_numpy()
+    order = [att for att, _, _ in ranking(part)]
+    n = len(names)
+    for rank, att in enumerate(order):
+        sub = (part.filter((pl.col("attention") == att) & pl.col(f"{metric}_mean").is_not_null())
+               .sort("length"))
+        colour, marker = style[att]
+        i = names.index(att)
+        nudge = 2.0 ** (0.04 * (i - (n - 1) / 2))  # a few percent along the log2 axis
+        x = sub["length"].to_numpy() * nudge
         y = sub[f"{metric}_mean"].to_numpy()
         s = sub[f"{metric}_std"].fill_null(0.0).to_numpy()
-        ax.plot(x, y, marker="o", color=colour[att], label=att)
-        ax.fill_between(x, y - s, y + s, color=colour[att], alpha=0.15, linewidth=0)
+        lo, hi = y - s, y + s
+        if METRICS[metric].percent:  # percentages: the band stays inside 0..100
+            lo, hi = lo.clip(0, 100), hi.clip(0, 100)
+        ax.fill_between(x, lo, hi, color=colour, alpha=0.12, linewidth=0)
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], color=colour, marker=marker, markersize=6,
+                    markerfacecolor="none" if rank % 2 else colour, capsize=2,
+                    linewidth=1.4, label=att, zorder=3 + n - rank)
     ax.axvline(_train_length(part), color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
     lengths = sorted(part["length"].unique().to_list())

@@ -1,7 +1,9 @@
 """`suite leaderboard` end to end: read the store, render, write ``results/leaderboard.*``, and
 log the same files to a leaderboard run of its own (experiment ``leaderboard``, tag
 ``suite.kind=leaderboard``), the tables also through ``log_table`` and the markdown as the
-run's description, so that the MLflow UI shows them.
+run's description, so that the MLflow UI shows them, with one metric per (task, attention):
+the score its rows are ranked by. The newest run is the current one (``suite.current``);
+older ones are kept, renamed ``superseded | ...``.
 
 Order matters for "lose nothing": the store is read first (a bad store fails before any file
 is touched), files are replaced atomically, and only then is the run logged; if logging fails
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -44,19 +47,37 @@ def make(tracking_uri: str | None = None, profile: str | None = None,
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri)
-    recs, profile = lb.select(lb.records(tracker), profile)
+    every = lb.records(tracker)
+    recs, profile = lb.select(every, profile)
     tab, speed = lb.table(recs), sp.records(tracker)
     text = lb.render(tab, speed)
+    if tab.is_empty() and not every.is_empty():
+        held = ", ".join(sorted(every["profile"].unique().to_list()))
+        text = (f"the store holds no finished runs of profile {profile!r} (it holds runs of: "
+                f"{held}); pass --profile with one of those")
     rep = Report(tracker.uri, profile, tab, speed, text, [])
     if tab.is_empty() and speed.is_empty():
         return rep
-    rep.files = write(tab, speed, lb.about(recs, profile), Path(out_dir))
+    rep.files = write(tab, speed, lb.about(recs, profile), Path(out_dir),
+                      title=plot_title(recs, profile))
     if log:
         rep.experiment_id, rep.run_id = publish(tracker, rep)
     return rep
 
 
-def write(tab: pl.DataFrame, speed: pl.DataFrame, about: str, out_dir: Path) -> list[Path]:
+def plot_title(recs: pl.DataFrame, profile: str | None) -> str:
+    """What the figure shows and of what: the profile and the seeds per cell."""
+    if recs.is_empty():
+        return f"profile {profile}"
+    seeds = recs.unique("run_id").group_by(["task", "attention"]).agg(pl.len())["len"]
+    lo, hi = seeds.min(), seeds.max()
+    n = str(lo) if lo == hi else f"{lo}-{hi}"
+    return (f"Attention leaderboard, profile {profile}\nmean over {n} seed(s) per cell; "
+            "band and bars: ±1 std over seeds")
+
+
+def write(tab: pl.DataFrame, speed: pl.DataFrame, about: str, out_dir: Path,
+          title: str | None = None) -> list[Path]:
     """results/leaderboard.{csv,md,png,html}, each replaced atomically."""
     from .plots import plot
 
@@ -65,7 +86,7 @@ def write(tab: pl.DataFrame, speed: pl.DataFrame, about: str, out_dir: Path) -> 
              _atomic(out_dir / "leaderboard.md", lb.markdown(tab, speed, about))]
     png = None
     if not tab.is_empty():
-        png = _atomic(out_dir / "leaderboard.png", lambda p: plot(tab, p))
+        png = _atomic(out_dir / "leaderboard.png", lambda p: plot(tab, p, title))
         paths.append(png)
     b64 = base64.b64encode(png.read_bytes()).decode() if png else None
     paths.append(_atomic(out_dir / "leaderboard.html", lb.html(tab, speed, about, b64)))
@@ -81,10 +102,31 @@ def _atomic(path: Path, content) -> Path:
             content(Path(tmp))
         else:
             Path(tmp).write_text(content)
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary write would (mkstemp gives 0600)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+DESCRIPTION = (
+    "The leaderboard: one run per `suite leaderboard` (and per `suite run`, which ends with "
+    "one). The current one is tagged `suite.current = true`; older ones are kept, renamed "
+    "`superseded | ...` and tagged `suite.current = false`. Each holds the ranked tables "
+    "(leaderboard.md, .html, .csv, .txt, and leaderboard_table.json as a table), the figure "
+    "(leaderboard.png), and one metric per (task, attention): `score/<task>/<attention>`, "
+    "the number the task's rows are ranked by.")
+
+
+def metric_name(task: str, attention: str) -> str:
+    """``score/<task>/<attention>`` in the characters MLflow allows in a metric key."""
+    return re.sub(r"[^0-9A-Za-z_./ -]", "_", f"score/{task}/{attention}")
 
 
 def publish(tracker, rep: Report) -> tuple[str, str]:
@@ -98,9 +140,17 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
             "mlflow.note.content": note, **{schema.tag(k): v for k, v in git_state().items()}}
     params = {"profile": rep.profile or "", "rows": rep.table.height,
               "tasks": ",".join(rep.table["task"].unique(maintain_order=True))}
+    tags["suite.current"] = "true"
     try:
-        with tracker.run(EXPERIMENT, f"leaderboard | {rep.profile}", params, tags) as log, \
+        older = [run.info.run_id for run in _leaderboard_runs(tracker)]
+        with tracker.run(EXPERIMENT, f"leaderboard | {rep.profile}", params, tags,
+                         description=DESCRIPTION) as log, \
                 store_errors(tracker.uri, "write to"):
+            scores = {metric_name(task, att): value
+                      for task, part in lb._tasks(rep.table)
+                      for att, value, _ in lb.ranking(part) if value is not None}
+            if scores:
+                log.metrics(scores, step=0)
             for path in rep.files:
                 log.artifact(path)
             log.text(rep.text + "\n", "leaderboard.txt")
@@ -108,10 +158,38 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
             if not rep.speed.is_empty():
                 log.table(_columns(rep.speed), "speed_table.json")
             run_id = log.run_id
+        _supersede(tracker, older, run_id)
     except TrackingError as err:
         raise TrackingError(f"{err} The files {', '.join(map(str, rep.files))} are written; "
                             "only the leaderboard run is missing.") from err
     return tracker.experiment(EXPERIMENT), run_id
+
+
+def _leaderboard_runs(tracker):
+    from .tracking import store_errors
+
+    with store_errors(tracker.uri, "read"):
+        exp = tracker.client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    return list(tracker.search([exp.experiment_id], "tags.`suite.kind` = 'leaderboard'"))
+
+
+def _supersede(tracker, run_ids: list[str], by: str) -> None:
+    """Mark older leaderboard runs: kept, renamed ``superseded | ...``, tagged
+    ``suite.current = false`` and ``suite.superseded_by``, so one run per store is current."""
+    from .tracking import store_errors
+
+    with store_errors(tracker.uri, "write to"):
+        for run_id in run_ids:
+            run = tracker.client.get_run(run_id)
+            if run.data.tags.get("suite.current") == "false":
+                continue
+            name = run.info.run_name or "leaderboard"
+            if not name.startswith("superseded | "):
+                tracker.client.set_tag(run_id, "mlflow.runName", f"superseded | {name}")
+            tracker.client.set_tag(run_id, "suite.current", "false")
+            tracker.client.set_tag(run_id, "suite.superseded_by", by)
 
 
 def _columns(df: pl.DataFrame) -> dict[str, list]:

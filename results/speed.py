@@ -47,14 +47,20 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
         device = str(rows[0].get("device", "")) if rows else ""
         tags = {schema.KIND: kind, schema.tag("device"): device,
                 **{schema.tag(k): v for k, v in git_state().items()}}
-        with tracker.run(kind, f"{kind} | {device}", {"rows": len(rows)}, tags) as log:
+        about = (f"`suite bench{' --train' if kind == schema.BENCH_TRAIN else ''}` runs, one "
+                 "per measurement, named by device. The rows are the table bench_table.json; "
+                 "the metrics are median times per implementation and pass, with the sequence "
+                 "length as the step (the chart view draws them against length).")
+        with tracker.run(kind, f"{kind} | {device}", {"rows": len(rows)}, tags,
+                         description=about) as log:
             for row in rows:
                 log.metrics({metric_key(row): row["median_ms"]}, step=int(row["T"]))
             log.table(_columns(rows), TABLE)
             return log.run_id
     except TrackingError as err:
         kept = _keep(rows)
-        raise TrackingError(f"{err} The benchmark rows are kept in {kept}.") from err
+        raise TrackingError(f"{err} The benchmark rows are kept in {kept}: log them with "
+                            f"`suite bench --from-json {kept}`.") from err
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
@@ -62,11 +68,29 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
     return {k: [r.get(k) for r in rows] for k in keys}
 
 
+KEPT = "suite-bench-rows"  # the ``kind`` of a file of rows kept when the store failed
+
+
 def _keep(rows) -> Path:
     path = Path("results") / f"bench-unlogged-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1, default=str))
+    path.write_text(json.dumps({"kind": KEPT, "rows": rows}, indent=1, default=str))
     return path.resolve()
+
+
+def kept_rows(data: Any) -> list[dict] | None:
+    """The rows of a file that ``log_bench`` kept (None for any other JSON), checked for the
+    fields the speed table needs."""
+    if not (isinstance(data, dict) and data.get("kind") == KEPT):
+        return None
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("kept rows: no rows in it")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("impl", "T", "pass", "median_ms") if k not in row]
+        if missing:
+            raise ValueError(f"kept rows: row {i} has no {', '.join(missing)}")
+    return rows
 
 
 def records(tracker) -> pl.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
@@ -35,12 +36,13 @@ for _name in ("mlflow.store.db.utils", "alembic"):
 
 from . import schema  # noqa: E402
 from .claims import file_lock  # noqa: E402
+from .errors import TrackingError, reason  # noqa: E402,F401
 
 DEFAULT_DIR = Path("results")
-
-
-class TrackingError(RuntimeError):
-    """The store cannot be reached or read."""
+#: the experiment tag the MLflow UI reads to open an experiment in its model-training view
+#: (not the GenAI one), and the tag it shows as an experiment's or a run's description
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 
 
 HINT = ("Start the server or pass a reachable --tracking-uri (or unset MLFLOW_TRACKING_URI to "
@@ -75,8 +77,29 @@ def probe_http(uri: str, timeout: float = 5.0) -> None:
 
 
 def default_uri() -> str:
-    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def check_writable(uri: str) -> None:
+    """An embedded store's directory (and its database, artifact folder) must be writable:
+    a file is created and removed there, so a read-only place fails now and says so, instead
+    of after SQLite's retries."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    fix = ("pass a --tracking-uri in a directory you can write to, or run from one "
+           "(the default store is results/mlflow.db under the current directory)")
+    for directory in (db.parent, db.parent / "mlartifacts"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".suite-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise TrackingError(f"the store directory {directory} is not writable "
+                                f"({reason(err)}); {fix}") from None
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise TrackingError(f"the store {db} is not writable (permission denied); {fix}")
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -131,6 +154,7 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         self.uri = resolve_uri(uri)
         probe_http(self.uri)
+        check_writable(self.uri)
         with store_errors(self.uri, "open"):
             create_once(self.uri)
             mlflow.set_tracking_uri(self.uri)
@@ -165,19 +189,30 @@ class Tracker:
         db = sqlite_path(self.uri)
         return db.resolve().parent if db is not None else None
 
-    def experiment(self, name: str) -> str:
+    def experiment(self, name: str, description: str | None = None) -> str:
+        """The experiment's id, created if new (or found, when another process made it
+        meanwhile); tagged for the UI's model-training view and, given one, with its
+        description (what its runs and their step axis mean)."""
         with store_errors(self.uri, "write to"):
             exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    exp_id = self.client.create_experiment(
+                        name, artifact_location=_art(self.uri, name))
+                    tags = {}
+                except mlflow.exceptions.MlflowException:  # made by another process meanwhile
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
             if exp is not None:
-                return exp.experiment_id
-            try:
-                return self.client.create_experiment(name,
-                                                     artifact_location=_art(self.uri, name))
-            except mlflow.exceptions.MlflowException:  # made by another process meanwhile
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
-                    raise
-                return exp.experiment_id
+                exp_id, tags = exp.experiment_id, exp.tags
+            wanted = {KIND_TAG: MODEL_TRAINING}
+            if description:
+                wanted[NOTE_TAG] = description
+            for key, value in wanted.items():
+                if tags.get(key) != value:
+                    self.client.set_experiment_tag(exp_id, key, value)
+            return exp_id
 
     def existing(self, experiment: str) -> str | None:
         """The id of an experiment, or None where the store has none of that name."""
@@ -230,10 +265,11 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, experiment: str, name: str, params: Mapping[str, Any],
-            tags: Mapping[str, str]) -> Iterator[RunLog]:
+            tags: Mapping[str, str], description: str | None = None) -> Iterator[RunLog]:
         """A run that ends FINISHED when the block completes, FAILED (with the error as a tag
-        and error.txt) when it raises, KILLED on Ctrl-C; never FINISHED after an error."""
-        log = self.start(experiment, name, tags, params)
+        and error.txt) when it raises, KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt or
+        SystemExit); never FINISHED after an error. ``description``: the experiment's."""
+        log = self.start(experiment, name, tags, params, description=description)
         try:
             yield log
         except BaseException as err:
@@ -242,10 +278,11 @@ class Tracker:
         self.end(log.run_id, "FINISHED")
 
     def start(self, experiment: str, name: str, tags: Mapping[str, str],
-              params: Mapping[str, Any] | None = None, start_time: int | None = None) -> RunLog:
+              params: Mapping[str, Any] | None = None, start_time: int | None = None,
+              description: str | None = None) -> RunLog:
         """A new RUNNING run (``start_time`` in ms, default now) with its tags and params; the
         caller ends it with ``end`` (``run`` does both)."""
-        exp_id = self.experiment(experiment)
+        exp_id = self.experiment(experiment, description)
         with store_errors(self.uri, "write to"):
             run = self.client.create_run(exp_id, run_name=name, tags=dict(tags),
                                          start_time=start_time)
@@ -317,6 +354,23 @@ class RunLog:
     def artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
+    def tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any],
+                context: str = "train") -> None:
+        """A dataset input of the run (the UI's Dataset column): a generated task has no file,
+        so its source is the generator and its digest the spec and data version."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest, source_type="code", source=source,
+                     profile=json.dumps(dict(profile), default=str))
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
+
 
 def _art(uri: str, name: str) -> str | None:
     root = artifact_root(uri)
@@ -328,44 +382,65 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
+def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
     """Import an offline log (``results.offline``) into a tracking store; runs already there
-    (same config hash, FINISHED) are skipped. Returns counts of imported and skipped runs."""
-    from .offline import read
+    (same config hash, FINISHED) are skipped. A damaged log (a cut last line, garbage in
+    between) still gives every run whose events are all readable: lines that are not events
+    are skipped and counted, the first named (``first_bad``); a run that was open where a
+    line is damaged, or cut off before its end, is imported FAILED with that reason, never
+    FINISHED. A file with no run at all is refused (ValueError) before the store is touched.
+    Returns the counts."""
+    from .offline import parse
 
+    path = Path(path)
+    runs, bad = parse(path)
+    counts: dict[str, Any] = {"imported": 0, "skipped": 0, "bad_lines": len(bad),
+                              "first_bad": str(bad[0]) if bad else None, "incomplete": 0}
     tracker = Tracker(tracking_uri)
-    runs: dict[str, dict] = {}
-    for rec in read(Path(path)):
-        if rec["event"] == "start":
-            runs[rec["run"]] = {**rec, "events": [], "status": "RUNNING", "error": None,
-                                "end_tags": {}}
-        elif rec.get("run") in runs:
-            r = runs[rec["run"]]
-            if rec["event"] == "end":
-                r["status"] = rec["status"]
-                r["error"] = rec.get("error") or r["error"]
-                r["end_tags"].update(rec.get("tags", {}))
-            else:
-                r["events"].append(rec)
-    counts = {"imported": 0, "skipped": 0}
     for r in runs.values():
+        if r.get("damaged"):
+            counts["incomplete"] += 1
+            r["status"], r["error"] = "FAILED", (f"a damaged line while this run was logged "
+                                                 f"({r['damaged']})")
+        elif r["status"] not in ("FINISHED", "FAILED", "KILLED"):
+            counts["incomplete"] += 1  # its machine stopped mid-cell, or the log was cut
+            r["status"], r["error"] = "FAILED", (f"the log {path} ends before this run did "
+                                                 "(cut off, or the job was killed)")
         h = r["tags"].get(schema.HASH)
         if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
             counts["skipped"] += 1
             continue
-        tags = {**r["tags"], **r["end_tags"], schema.IMPORTED_FROM: str(path)}
-        if r["error"]:
-            tags[schema.ERROR] = r["error"][:schema.ERROR_LIMIT]
-        log = tracker.start(r["experiment"], r["name"], tags, r["params"],
-                            start_time=int(r["time"] * 1000))
-        with store_errors(tracker.uri, "write to"):
-            for rec in r["events"]:
-                if rec["event"] == "metrics":
-                    log.metrics(rec["values"], rec["step"], timestamp=int(rec["time"] * 1000))
-                elif rec["event"] == "dict":
-                    log.dict(rec["obj"], rec["name"])
-        # a run the log left RUNNING (its machine stopped mid-cell) is imported FAILED
-        tracker.end(log.run_id, r["status"] if r["status"] in schema.STATUSES[1:]
-                    else "FAILED")
+        _import_run(tracker, r, path)
         counts["imported"] += 1
     return counts
+
+
+def _import_run(tracker: Tracker, r: dict, path: Path) -> None:
+    """One run into the store; it ends with the log's status, or FAILED (KILLED on Ctrl-C)
+    if the store fails half-way, never RUNNING."""
+    tags = {**r["tags"], **r.get("end_tags", {}), schema.IMPORTED_FROM: str(path)}
+    if r["error"]:
+        tags[schema.ERROR] = str(r["error"])[:schema.ERROR_LIMIT]
+    log = tracker.start(r["experiment"], r["name"], tags, r["params"],
+                        start_time=int(r["time"] * 1000), description=r.get("description"))
+    try:
+        with store_errors(tracker.uri, "write to"):
+            for rec in r["events"]:
+                ev = rec["event"]
+                if ev == "metrics":
+                    log.metrics(rec["values"], rec["step"], timestamp=int(rec["time"] * 1000))
+                elif ev == "dict":
+                    log.dict(rec["obj"], rec["name"])
+                elif ev == "params":
+                    log.params(rec["params"])
+                elif ev == "tags":
+                    log.tags(rec["tags"])
+                elif ev == "table":
+                    log.table(rec["columns"], rec["name"])
+                elif ev == "dataset":
+                    log.dataset(rec["name"], rec["digest"], rec["source"], rec["profile"],
+                                rec.get("context", "train"))
+    except BaseException as err:
+        tracker._fail(log.run_id, err)
+        raise
+    tracker.end(log.run_id, r["status"])

@@ -37,13 +37,68 @@ def run_url(base: str, found: tuple[str, str] | None, artifact: str | None = "le
     return f"{base}/#/experiments/{exp_id}/runs/{run_id}{page}{VIEW}"
 
 
+BY_SCORE = "orderByKey=metrics.%60score%60&orderByAsc=false"  # best first, as ranked
+
+
+def experiment_url(base: str, exp_id: str, chart: bool = False) -> str:
+    """An experiment's runs, best score first, as a table or (``chart``) as the chart view,
+    where each metric logged per length is drawn against length."""
+    mode = "/runs?compareRunsMode=CHART&" if chart else "?"
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}{mode}{BY_SCORE}&{VIEW.lstrip('?')}"
+
+
+def task_experiments(tracker) -> list[tuple[str, str]]:
+    """(name, id) of every experiment that holds cell runs, by name."""
+    from .tracking import store_errors
+
+    with store_errors(tracker.uri, "read"):
+        exps = tracker.client.search_experiments()
+    out = []
+    for exp in exps:
+        with store_errors(tracker.uri, "read"):
+            hit = tracker.client.search_runs([exp.experiment_id],
+                                             "tags.`suite.kind` = 'cell'", max_results=1)
+        if hit:
+            out.append((exp.name, exp.experiment_id))
+    return sorted(out)
+
+
+def model_training_view(tracker) -> None:
+    """Tag the store's experiments for the UI's model-training view where they carry no kind
+    yet (stores written before the suite tagged its experiments)."""
+    from .tracking import KIND_TAG, MODEL_TRAINING, store_errors
+
+    with store_errors(tracker.uri, "write to"):
+        for exp in tracker.client.search_experiments():
+            if not exp.tags.get(KIND_TAG):
+                tracker.client.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
+
+
+APP = "suite-ui"  # results/ui_app.py: MLflow's app, opening in the model-training view
+
+
+def _app_installed() -> bool:
+    import importlib.metadata
+
+    return any(ep.name == APP for ep in importlib.metadata.entry_points(group="mlflow.app"))
+
+
 def server_command(uri: str, port: int, workers: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", HOST, "--port", str(port), "--workers", str(workers)]
+    if _app_installed():
+        cmd += ["--app-name", APP]
     if uri.startswith("sqlite:///"):
         root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         cmd += ["--artifacts-destination", str(root.resolve())]
     return cmd
+
+
+def log_path(uri: str) -> Path:
+    """Where the server's own output goes: beside an embedded store, else results/."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlflow-ui.log"
+    return Path("results") / "mlflow-ui.log"
 
 
 def port_free(port: int) -> bool:

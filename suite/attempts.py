@@ -54,6 +54,17 @@ def checkpoint_root(local_dir: Path | None) -> Path:
     return (local_dir / "checkpoints" if local_dir else Path("results") / "checkpoints").resolve()
 
 
+def local_dir_of(uri: str | None) -> Path | None:
+    """The folder of the embedded store or offline log a URI names (resolved as the trackers
+    resolve it: ``MLFLOW_TRACKING_URI``, else ``results/mlflow.db``), None for a server."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///results/mlflow.db"
+    if schema.is_offline(uri):
+        return Path(uri.removeprefix(schema.OFFLINE_PREFIX)).expanduser().absolute().parent
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).absolute().parent
+    return None
+
+
 def store_home(tracker) -> StoreHome:
     """The folders of the tracker's store (see the module's docstring)."""
     store_id = f"store-{tracker.store_id()}"

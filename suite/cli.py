@@ -46,12 +46,21 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
     _plugins(args)
+    from . import checks
     from .run import plan
 
     cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
                  check_device=args.executor != "ray", steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
+    checks.cells(cells, args.executor)  # every cell can run: refused now, not after training
+    from results.schema import is_offline
+
+    if not is_offline(args.tracking_uri):
+        checks.results_dir()  # the leaderboard files (and the default store) go there
+    from .attempts import checkpoint_root, local_dir_of
+
+    checks.checkpoints(checkpoint_root(local_dir_of(args.tracking_uri)))
     if args.executor == "ray":
         from .executors.ray import sweep_ray
 
@@ -62,35 +71,58 @@ def cmd_run(args) -> int:
 
         failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
     print()
-    from results.schema import is_offline
-
     if is_offline(args.tracking_uri):
         print(f"offline log written; load it into a store with: suite import "
               f"{args.tracking_uri.removeprefix('jsonl:')}")
     else:
         cmd_leaderboard(args)
     if failed:
-        print(f"suite: {failed} cell(s) FAILED; their runs hold the error", file=sys.stderr)
+        print(f"suite: {failed} cell(s) FAILED; their runs hold the error (tag suite.error, "
+              "artifact error.txt)", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_leaderboard(args) -> int:
     from results.cli import leaderboard_cmd
 
+    from . import checks
+
+    checks.profile(getattr(args, "profile", None))
+    checks.results_dir()
     return leaderboard_cmd(args)
 
 
 def cmd_ui(args) -> int:
     from results.cli import ui_cmd
 
+    from . import checks
+
+    checks.port(args.port)
     return ui_cmd(args)
 
 
 def cmd_import(args) -> int:
+    from pathlib import Path
+
     from results.tracking import replay
 
-    counts = replay(args.path, args.tracking_uri)
-    print(f"imported {counts['imported']} run(s), skipped {counts['skipped']} already finished")
+    path = Path(args.path)
+    if not path.is_file():
+        raise attentions.SpecError(
+            f"suite import {args.path}: no such file; give the path of a log written by "
+            "`suite run --tracking-uri jsonl:PATH`")
+    try:
+        counts = replay(path, args.tracking_uri)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise attentions.SpecError(f"suite import: {err}") from err
+    print(f"imported {counts['imported']} run(s), skipped {counts['skipped']} already finished"
+          + (f"; {counts['incomplete']} imported FAILED (cut off or damaged)"
+             if counts["incomplete"] else ""))
+    if counts["bad_lines"]:
+        print(f"suite: error: {counts['bad_lines']} damaged line(s) skipped, the first "
+              f"{counts['first_bad']}; the complete runs are imported; recover the rest "
+              "from the machine that wrote the log", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -128,19 +160,43 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
+def _from_json(path: str) -> list[dict]:
+    """The rows of ``--from-json``: a table of ``python -m suite.bench.cuda --out PATH``, or
+    the rows `suite bench` kept when the store could not take them."""
+    import json
+
+    from results.speed import kept_rows
+
+    from .bench import cuda as bench_cuda
+
+    try:
+        with open(path) as fh:
+            rows = kept_rows(json.load(fh))
+        if rows is None:
+            return bench_cuda.from_json(path)
+        for row in rows:  # what the printed table shows and a kept row may lack
+            row.setdefault("ratio_to_sdpa", None)
+            row.setdefault("peak_extra_mib", None)
+        return rows
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise attentions.SpecError(
+            f"--from-json {path}: not a table written by `python -m suite.bench.cuda --out "
+            f"PATH` nor rows kept by `suite bench` ({type(err).__name__}: {err})") from err
+
+
 def cmd_bench(args) -> int:
+    from . import checks
+
+    checks.positive("--lengths", args.lengths)
+    checks.positive("--repeats", args.repeats)
+    if not args.no_log:  # an unreachable or read-only store fails before measuring
+        from results.tracking import Tracker
+
+        Tracker(args.tracking_uri)
     if args.train or (args.from_json and _json_kind(args.from_json) == "train"):
         return cmd_bench_train(args)
     if args.from_json:
-        from .bench import cuda as bench_cuda
-
-        try:
-            rows = bench_cuda.from_json(args.from_json)
-        except (OSError, ValueError, KeyError) as err:
-            raise attentions.SpecError(
-                f"--from-json {args.from_json}: not a table written by "
-                f"`python -m suite.bench.cuda --out PATH` ({type(err).__name__}: {err})"
-            ) from err
+        rows = _from_json(args.from_json)
     elif args.device == "cuda":
         import torch
 
@@ -270,17 +326,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = {
+    "run": "suite: interrupted; the run in progress is marked KILLED, and the same command "
+           "resumes it from its last checkpoint",
+    "import": "suite: interrupted; the run being imported is marked KILLED, and the same "
+              "command imports what is missing",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    restore = _terminate_as_interrupt()
     try:
         return args.func(args)
     except attentions.SpecError as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): one line, not a traceback
+        print("\n" + INTERRUPTED.get(args.command, "suite: interrupted"), file=sys.stderr)
+        return 130
     except RuntimeError as err:
-        from results.tracking import TrackingError
+        from results.errors import TrackingError
 
         if isinstance(err, TrackingError):
             print(f"suite: error: {err}", file=sys.stderr)
             return 2
         raise
+    finally:
+        restore()
+
+
+def _terminate_as_interrupt():
+    """Ctrl-C (SIGINT) and SIGTERM end a command as a KeyboardInterrupt (a run in progress is
+    marked KILLED), even in a process started with SIGINT ignored (as a shell starts a
+    background job); in the main thread only. Returns what puts the old handlers back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handler) for sig, handler in
+           ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, interrupt))}
+    return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]

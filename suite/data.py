@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,8 +112,19 @@ class Batches:
 
     def _start_pool(self):
         ctx = multiprocessing.get_context("spawn")
-        self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                              initargs=(plugin_targets(self.task),))
+        # Ctrl-C reaches the whole process group; the parent stops the pool (``close``). The
+        # workers start with SIGINT ignored (kept across their exec), else one hit while
+        # importing or waiting prints a traceback and leaves the pool short of workers.
+        try:
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: signals are the main thread's business
+            old = None
+        try:
+            self._pool = ctx.Pool(self.workers, initializer=_init_worker,
+                                  initargs=(plugin_targets(self.task),))
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
 
     def _padded(self, tokens: np.ndarray, targets: np.ndarray):
         width = max(self.width or 0, tokens.shape[1])

@@ -5,9 +5,10 @@ exact match at the cost of one forward pass. Batches hold about ``eval_tokens`` 
 memory stays bounded at the longest lengths (batch 1 at 65,536 with the default budget).
 The samples of a (task, seed, length) are the same for every attention.
 
-Diagnostics (PAPER.md section 6), on the scored query rows of the first batch per length, per
-layer and head: normalized entropy H(p)/log n, support size |{p > 0}|, max weight, mass on the
-target positions (tasks that know them), and the learned length scale (variants that learn one).
+Diagnostics (docs/paper.md, "What to measure"), on the scored query rows of the first batch
+per length, per layer and head: normalized entropy H(p)/log n, support size |{p > 0}|, max
+weight, mass on the target positions (tasks that know them), and the learned length scale
+(variants that learn one).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 - ``smoke``: CI, seconds per cell; proves the pipeline, learns nothing.
 - ``quick``: the default main job, sized for a 2-core CPU (minutes per cell). Small models,
-  enough steps for the tasks that learn at this scale (flip_flop, see PILOTS.md) to show the
-  qualitative picture. Copy, sort, reverse and MQMTAR do not leave their loss plateau at this
-  scale; they need the paper profile on a GPU.
-- ``paper``: the per-task configs of PAPER.md section 3.2 (official code, batch 128; steps =
-  one epoch over the official training-set size), for GPUs.
+  enough steps for the tasks that learn at this scale (flip_flop, see docs/calibration.md)
+  to show the qualitative picture. Copy, sort, reverse and MQMTAR do not leave their loss
+  plateau at this scale; they need the paper profile on a GPU.
+- ``paper``: the per-task configs of docs/paper.md, "The paper profile" (official code, batch
+  128; steps = one epoch over the official training-set size), for GPUs.
 """
 
 from __future__ import annotations

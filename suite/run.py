@@ -4,8 +4,10 @@ log it to MLflow, skip cells already finished with the same config hash, print t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
+from pathlib import Path
 
 import torch
 
@@ -85,41 +87,91 @@ def cell_tags(cell: Cell, **more: str) -> dict[str, str]:
                  "train_length": task.train_length, **more})
 
 
-def _environment_tags(cell: Cell, model) -> dict[str, str]:
-    """The cell's tags, with where it runs: kernel backend, device, git state, versions."""
+def run_name(cell: Cell) -> str:
+    """A short run name (the experiment already names the task; the profile is a column)."""
+    return f"{cell.attention} s{cell.seed}"
+
+
+def device_name(device: str) -> str:
+    """``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: AMD EPYC 9R14 (2 threads)``."""
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name()}"
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    return f"cpu: {model} ({torch.get_num_threads()} threads)"
+
+
+def _kernel(cell: Cell, model) -> str:
     from attentions.backends import resolve
-    from results.gitinfo import git_state
-    from results.schema import cell_tags as tags
 
     attn = model.blocks[0].attn.attn
     try:
-        kernel = resolve(cell.backend, attn.normalizer(), torch.device(cell.device)).NAME
+        return resolve(cell.backend, attn.normalizer(), torch.device(cell.device)).NAME
     except NotImplementedError:  # a plain-function variant is its own kernel
-        kernel = "function"
-    dev = torch.cuda.get_device_name() if cell.device == "cuda" else platform.processor() or "cpu"
+        return "function"
+
+
+def _environment_tags(cell: Cell) -> dict[str, str]:
+    """The cell's tags, with where it runs: device, git state, versions, MLflow's source (the
+    kernel backend is tagged once the model is built, inside the run)."""
+    from results.gitinfo import git_state
+    from results.schema import cell_tags as tags
+
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for dist in ("numba", "mlflow", "numpy", "triton"):
         try:  # metadata, not an import: the offline mode must not load mlflow
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    where = tags({"backend": kernel, "device": f"{cell.device}: {dev}", **git_state()}, versions)
-    return {**cell_tags(cell), **where}
+    git = git_state()
+    where = tags({"device": device_name(cell.device), **git}, versions)
+    source = {"mlflow.source.name": "suite run", "mlflow.source.type": "LOCAL"}
+    if git.get("git_commit", "unknown") != "unknown":
+        source["mlflow.source.git.commit"] = git["git_commit"]
+    return {**cell_tags(cell), **where, **source}
+
+
+def describe_task(task) -> str:
+    """The description of a task's experiment, shown by the MLflow UI."""
+    doc = (type(task).__doc__ or "").strip().split("\n\n")[0]
+    return (f"Task `{task.name}`: {' '.join(doc.split())}\n\n"
+            "One run per (attention, seed, profile) cell, named `<attention> s<seed>`; the "
+            "profile is the `suite.profile` tag. Metrics: `score` (what the leaderboard ranks "
+            "by: the mean exact match, retrieval accuracy or perplexity over the lengths "
+            "beyond training) and `<metric>_<m>x` at each multiple m of the training length "
+            f"({task.train_length} tokens) sort the runs table. The step axis: for "
+            "`exact_match`, `token_acc` and the attention diagnostics it is the evaluation "
+            "length in tokens (the chart view draws them against length); for `train_loss`, "
+            "`lr`, `tokens_per_s` and `val_*` it is the training step. Per-length results: the "
+            "table `eval_table.json`; everything: `eval.json`.")
 
 
 def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
-    """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error.
-    ``ckpt_dir``: the cell's checkpoint folder in its store's home (``suite.attempts``)."""
+    """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error
+    (KILLED on Ctrl-C): the run exists before anything that can fail. ``ckpt_dir``: the
+    cell's checkpoint folder in its store's home (``suite.attempts``)."""
+    from results.leaderboard import score
     from results.schema import metric_key
+    from tasks.metrics import headline
 
     from .train import build_model
 
-    model = build_model(cell)
-    params = {**cell.config(), "n_params": sum(p.numel() for p in model.parameters())}
-    with tracker.run(experiment(cell), cell.name, params, _environment_tags(cell, model)) as log:
+    task = tasks.get(cell.task)
+    with tracker.run(experiment(cell), run_name(cell), cell.config(), _environment_tags(cell),
+                     description=describe_task(task)) as log:
+        _dataset(log, cell, task)
+        model = build_model(cell)
+        log.params({"n_params": sum(p.numel() for p in model.parameters())})
+        log.tags({"suite.backend": _kernel(cell, model)})
         model, summary = train(cell, log=log, progress=progress, ckpt_dir=ckpt_dir)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
-        task = tasks.get(cell.task)
         _, budget = cell.size_budget
         results = evaluate(model, task, cell.eval_lengths(), budget.eval_samples, cell.seed,
                            torch.device(cell.device), budget.eval_tokens)
@@ -130,8 +182,35 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
             log.metrics({**{metric_key(k, length): v for k, v in values.items()}, **values},
                         step=length)
             res["diagnostics"] = diag
+        metric = headline(next(iter(results.values()), {}))
+        by_multiple = {f"{metric}_{length / task.train_length:g}x": r[metric]
+                       for length, r in results.items() if metric in r}
+        main = score({n: r.get(metric) for n, r in results.items()}, task.train_length)
+        log.metrics({**by_multiple, **({"score": main} if main is not None else {})}, step=0)
+        log.table(_eval_table(results, task.train_length), "eval_table.json")
         log.dict({str(k): v for k, v in results.items()}, "eval.json")
     return results
+
+
+def _eval_table(results: dict, train_length: int) -> dict[str, list]:
+    """The per-length results as columns: length, multiple, then every scalar metric."""
+    keys = list(dict.fromkeys(k for r in results.values() for k, v in r.items()
+                              if isinstance(v, (int, float))))
+    cols: dict[str, list] = {"length": list(results),
+                             "multiple": [n / train_length for n in results]}
+    for k in keys:
+        cols[k] = [results[n].get(k) for n in results]
+    return cols
+
+
+def _dataset(log, cell: Cell, task) -> None:
+    """The task as the run's dataset input: generated, so its source is the generator."""
+    digest = hashlib.sha256(f"{cell.task}|v{task.version}".encode()).hexdigest()[:8]
+    log.dataset(name=cell.task, digest=digest,
+                source=f"{type(task).__module__}.{type(task).__qualname__} (generated, "
+                       f"seed {cell.seed})",
+                profile={"vocab_size": task.vocab_size, "train_lengths": task.train_lengths,
+                         "eval_lengths": cell.eval_lengths(), "version": task.version})
 
 
 def ladder(results: dict[int, dict]) -> str:

@@ -1,4 +1,5 @@
-"""Copy: reproduce the source (PAPER.md 3.2; vocabulary 32, train 32-64, eval 64-4096)."""
+"""Copy: reproduce the source (docs/paper.md, "Tasks": vocabulary 32, train 32-64,
+eval 64-4096)."""
 
 from __future__ import annotations
 

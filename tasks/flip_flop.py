@@ -1,4 +1,4 @@
-"""Flip-flop: recall the bit of the last write (PAPER.md 3.2)."""
+"""Flip-flop: recall the bit of the last write (docs/paper.md, "Tasks")."""
 
 from __future__ import annotations
 

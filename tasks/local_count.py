@@ -1,4 +1,4 @@
-"""LocalCount: the index of each token inside its block of repeats (PAPER.md 3.2)."""
+"""LocalCount: the index of each token inside its block of repeats (docs/paper.md, "Tasks")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MQMTAR: multi-query multi-token associative recall (PAPER.md 3.2)."""
+"""MQMTAR: multi-query multi-token associative recall (docs/paper.md, "Tasks")."""
 
 from __future__ import annotations
 

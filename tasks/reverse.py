@@ -1,4 +1,4 @@
-"""Reverse: the source backwards (PAPER.md 3.2; vocabulary 32, train 32-64)."""
+"""Reverse: the source backwards (docs/paper.md, "Tasks"; vocabulary 32, train 32-64)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sort: the source in ascending order (PAPER.md 3.2; vocabulary 32, train 32-64)."""
+"""Sort: the source in ascending order (docs/paper.md, "Tasks"; vocabulary 32, train 32-64)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""2Back: label each token with the token two positions earlier (PAPER.md 3.2)."""
+"""2Back: label each token with the token two positions earlier (docs/paper.md, "Tasks")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Attention diagnostics (PAPER.md section 6) returned per length by the evaluation."""
+"""Attention diagnostics (docs/paper.md, "What to measure"), returned per length by the
+evaluation."""
 
 import math
 

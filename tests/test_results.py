@@ -71,40 +71,47 @@ about
 
 ## flip_flop
 
-exact match % [token accuracy %], teacher forced; mean±std over seeds; **bold**: best per \
-column; training length 64
+exact match % [token accuracy %], teacher forced; mean±std over seeds; training length 64; \
+rank: score = mean exact match at 256 (beyond training); ties: mean token accuracy there; \
+**bold**: best per column (none where all are 0)
 
-| attention | 64 (1x) | 256 (4x) |
-|---|---:|---:|
-| entmax | 95.0±7.1 [97.5] | **70.0**±14.1 [85.0] |
-| softmax | **100.0**±0.0 [100.0] | 40.0±14.1 [70.0] |
+| attention | score | 64 (1x) | 256 (4x) |
+|---|---:|---:|---:|
+| entmax | **70.0** | 95.0±7.1 [97.5] | **70.0**±14.1 [85.0] |
+| softmax | 40.0 | **100.0**±0.0 [100.0] | 40.0±14.1 [70.0] |
 
 ## lm
 
-perplexity per byte (lower is better); mean±std over seeds; **bold**: best per column; \
-training length 128
+perplexity per byte (lower is better); mean±std over seeds; training length 128; rank: score \
+= mean perplexity per byte at 512 (beyond training), lowest first; **bold**: best per column \
+(none where all are 0)
 
-| attention | 128 (1x) | 512 (4x) |
-|---|---:|---:|
-| entmax | **3.25** | **4.00** |
-| softmax | 3.50 | 9.25 |
+| attention | score | 128 (1x) | 512 (4x) |
+|---|---:|---:|---:|
+| entmax | **4.00** | **3.25** | **4.00** |
+| softmax | 9.25 | 3.50 | 9.25 |
 
 ## niah
 
-retrieval accuracy % [token accuracy %]; mean±std over seeds; **bold**: best per column; \
-training length 128
+retrieval accuracy % [token accuracy %]; mean±std over seeds; training length 128; rank: \
+score = mean retrieval accuracy at 512 (beyond training); ties: mean token accuracy there; \
+**bold**: best per column (none where all are 0)
 
-| attention | 512 (4x) |
-|---|---:|
-| asentmax | **40.0** [70.0] |
+| attention | score | 512 (4x) |
+|---|---:|---:|
+| asentmax | **40.0** | **40.0** [70.0] |
 """
 
+# ranked by the score (entmax first although softmax sorts first by name), the mark on the
+# value itself, before the spread and the [token accuracy]
 GOLDEN_TERMINAL = """\
-flip_flop: exact match % [token accuracy %], teacher forced; mean±std over seeds; * best per \
-column (training length 64)
-attention             64 (1x)           256 (4x)
-entmax       95.0±7.1 [97.5]   70.0±14.1 [85.0]*
-softmax    100.0±0.0 [100.0]*  40.0±14.1 [70.0]"""
+flip_flop: exact match % [token accuracy %], teacher forced; mean±std over seeds; training \
+length 64
+rank: score = mean exact match at 256 (beyond training); ties: mean token accuracy there; * \
+best per column (none where all are 0)
+attention  score             64 (1x)           256 (4x)
+entmax     70.0*    95.0 ±7.1 [97.5]  70.0*±14.1 [85.0]
+softmax    40.0   100.0*±0.0 [100.0]  40.0 ±14.1 [70.0]"""
 
 
 def golden_table() -> pl.DataFrame:
@@ -124,6 +131,39 @@ def test_golden_markdown():
 def test_golden_terminal():
     text = lb.render(golden_table().filter(pl.col("task") == "flip_flop"))
     assert text == GOLDEN_TERMINAL
+
+
+def ranked_part(values: dict[str, tuple]) -> pl.DataFrame:
+    """One task's table from {attention: ((em 64, tok 64), (em 128, tok 128))}, one seed."""
+    rows = []
+    for i, (att, ladder) in enumerate(values.items()):
+        for (em, tok), length in zip(ladder, (64, 128)):
+            rows += [rec(f"r{i}", 1, "copy", att, 0, length, 64, "exact_match", em),
+                     rec(f"r{i}", 1, "copy", att, 0, length, 64, "token_acc", tok)]
+    return lb.table(pl.DataFrame(rows, schema=lb.SCHEMA, orient="row"))
+
+
+def test_rows_are_ranked_by_the_score_beyond_training_then_token_accuracy():
+    # by name: asentmax, entmax, softmax, sparsemax; by score at 128 (2x): sparsemax 60,
+    # then entmax and softmax tied at 10 (token accuracy 50 beats 40), asentmax last
+    part = ranked_part({"asentmax": ((100, 100), (0, 90)), "entmax": ((90, 95), (10, 50)),
+                        "softmax": ((100, 100), (10, 40)), "sparsemax": ((50, 70), (60, 80))})
+    assert [a for a, _, _ in lb.ranking(part)] == ["sparsemax", "entmax", "softmax", "asentmax"]
+    text = lb.render(part)
+    order = [line.split()[0] for line in text.splitlines()[3:]]
+    assert order == ["sparsemax", "entmax", "softmax", "asentmax"]
+    assert "rank: score = mean exact match at 128 (beyond training)" in text
+    sparse = text.splitlines()[3]
+    assert sparse.split()[1] == "60.0*"  # the best score, marked on the score
+    assert "50.0  [70.0]" in sparse and "60.0* [80.0]" in sparse  # marks sit on the value
+
+
+def test_nothing_is_marked_in_a_column_where_every_value_is_0():
+    part = ranked_part({"entmax": ((0, 10), (0, 5)), "softmax": ((0, 20), (0, 7))})
+    text = lb.render(part)
+    assert "*" not in text.split("\n", 2)[2]  # neither the score nor any length
+    assert [a for a, _, _ in lb.ranking(part)] == ["softmax", "entmax"]  # token acc decides
+    assert "**" not in lb.markdown(part).split("| attention")[1]
 
 
 def test_about_states_provenance():
@@ -275,8 +315,11 @@ def test_unreachable_server_names_the_uri_at_once_and_loses_nothing(store, tmp_p
     assert len(logged_metrics(store)) == 2  # the store is as it was
     with pytest.raises(TrackingError, match="benchmark rows are kept in") as err:
         sp.log_bench(BENCH_ROWS, dead)
-    kept = str(err.value).rsplit("kept in ", 1)[1].rstrip(".")
-    assert json.loads(open(kept).read()) == BENCH_ROWS and repr(dead) in str(err.value)
+    kept = str(err.value).split("kept in ", 1)[1].split(": log them", 1)[0]
+    assert json.loads(open(kept).read())["rows"] == BENCH_ROWS
+    assert repr(dead) in str(err.value)
+    assert sp.kept_rows(json.loads(open(kept).read())) == BENCH_ROWS  # --from-json reads it
+    assert f"suite bench --from-json {kept}" in str(err.value)
 
 
 def test_failed_leaderboard_logging_keeps_the_files_and_fails_the_run(store, tmp_path, capsys):

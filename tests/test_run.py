@@ -1,6 +1,7 @@
 """`suite run` end to end on the smoke profile, into a temporary embedded store."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +44,61 @@ def test_smoke_sweep_round_trip(store, capsys):
     out = capsys.readouterr().out
     assert out.count("skipped, finished already") == 2
     assert len(runs(store)) == 2
+
+
+def test_the_store_reads_well_in_the_ui(store, tmp_path, capsys):
+    """What the MLflow UI shows: experiments of the model-training kind with a description,
+    short run names, a source, the task as a dataset input, summary metrics (score and one
+    per multiple of the training length), the per-length table; one current leaderboard run
+    with a metric per (task, attention), older ones kept and marked."""
+    import json
+    import re
+    import stat
+
+    from results.report import metric_name
+    from results.tracking import KIND_TAG, MODEL_TRAINING, NOTE_TAG
+
+    argv = ["run", "--profile", "smoke", "--attention", "softmax", "--attention",
+            "entmax:alpha=1.25", "--tracking-uri", store, "--no-progress"]
+    assert main(argv) == 0
+    assert main(["leaderboard", "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("flip_flop")
+    assert exp.tags[KIND_TAG] == MODEL_TRAINING
+    assert "evaluation length" in exp.tags[NOTE_TAG] and "training step" in exp.tags[NOTE_TAG]
+    cells = {r.info.run_name: r for r in runs(store)}
+    assert set(cells) == {"softmax s0", "entmax:alpha=1.25 s0"}
+    for run in cells.values():
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["mlflow.source.name"] == "suite run"
+        assert re.fullmatch(r"cpu: .+ \(\d+ threads\)", tags["suite.device"])
+        assert tags["suite.device"] != "cpu: cpu"
+        ems = [metrics[f"exact_match_L{n}"] for n in (64, 128)]
+        assert metrics["exact_match_1x"] == ems[0] and metrics["exact_match_2x"] == ems[1]
+        assert metrics["score"] == ems[1]  # beyond the training length: 128 only
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.name == "flip_flop" and "flip_flop" in ds.dataset.source
+        table = json.loads(Path(client.download_artifacts(run.info.run_id, "eval_table.json",
+                                                          str(tmp_path))).read_text())
+        assert table["columns"][:3] == ["length", "multiple", "exact_match"]
+        assert [row[:2] for row in table["data"]] == [[64, 1.0], [128, 2.0]]
+    board = client.get_experiment_by_name("leaderboard")
+    assert board.tags[KIND_TAG] == MODEL_TRAINING and "superseded" in board.tags[NOTE_TAG]
+    boards = client.search_runs([board.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(boards) == 2  # one by `suite run`, one by `suite leaderboard`
+    old, new = boards
+    assert new.data.tags["suite.current"] == "true" and new.info.run_name == "leaderboard | smoke"
+    assert old.data.tags["suite.current"] == "false"
+    assert old.info.run_name == "superseded | leaderboard | smoke"
+    assert old.data.tags["suite.superseded_by"] == new.info.run_id
+    for att, run in (("softmax", cells["softmax s0"]),
+                     ("entmax:alpha=1.25", cells["entmax:alpha=1.25 s0"])):
+        assert new.data.metrics[metric_name("flip_flop", att)] == run.data.metrics["score"]
+    assert metric_name("flip_flop", "entmax:alpha=1.25") == "score/flip_flop/entmax_alpha_1.25"
+    for path in Path("results").glob("leaderboard.*"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path  # readable, as the db
+    page = Path("results/leaderboard.html").read_text()
+    assert "`" not in page and "<code>smoke</code>" in page
 
 
 NAN_PLUGIN = textwrap.dedent('''

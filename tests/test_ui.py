@@ -1,7 +1,10 @@
 """The real thing: `suite ui` starts a real `mlflow server` over an embedded store, a smoke sweep
-logs to it over HTTP, the leaderboard is rendered and logged, and headless Chromium (Debian's
-`chromium`) loads the leaderboard run's pages; the rendered DOM must show the run and its
-leaderboard artifacts. Skipped, with the reason, where Chromium is missing."""
+of two tasks logs to it over HTTP, the leaderboard is rendered and logged, and headless
+Chromium (Debian's `chromium`), each time with a fresh profile as a new user's browser, loads
+the URLs `suite ui` prints and each task's experiment from the experiment list. The rendered
+pages must show the ranked leaderboard and the runs tables with their metric columns, in
+MLflow's model-training view (not its GenAI one). Screenshots are kept under
+/tmp/suite-ui-<pid>/. Skipped, with the reason, where Chromium is missing."""
 
 import os
 import queue
@@ -22,7 +25,7 @@ from suite.cli import main
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--window-size=1400,1000"]
+         "--hide-scrollbars", "--window-size=1920,1080"]
 ARTIFACTS = ("leaderboard.csv", "leaderboard.md", "leaderboard.html", "leaderboard.png",
              "leaderboard.txt", "leaderboard_table.json")
 
@@ -95,6 +98,10 @@ class UI:
                 pass
 
 
+GENAI = ("Judges", "Prompts & versions", "Agent versions")  # the GenAI view's side bar
+SHOTS = Path("/tmp") / f"suite-ui-{os.getpid()}"
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium)")
 def test_leaderboard_run_in_the_mlflow_ui(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -105,15 +112,70 @@ def test_leaderboard_run_in_the_mlflow_ui(tmp_path, monkeypatch, capsys):
         ui.wait_for(re.escape(f"{base}/#/experiments?"))  # up, no leaderboard run yet
         assert ui.server_pid
         assert main(["run", "--profile", "smoke", "--attention", "softmax", "--attention",
-                     "entmax", "--tracking-uri", base, "--no-progress"]) == 0
+                     "entmax", "--task", "flip_flop", "--task", "copy", "--tracking-uri", base,
+                     "--no-progress"]) == 0
         assert "logged: leaderboard run" in capsys.readouterr().out
-        assert main(["ui", "--tracking-uri", base]) == 0  # a server: just its URL
+        assert main(["ui", "--tracking-uri", base]) == 0  # a server: just its URLs
+        printed = capsys.readouterr().out
         url = re.search(r"(http://\S+/experiments/(\w+)/runs/(\w+))/artifacts/leaderboard.md"
-                        r"\?workflowType=machine_learning\s", capsys.readouterr().out)
+                        r"\?workflowType=machine_learning\s", printed)
+        charts = dict(re.findall(r"task (\w+), chart view: (\S+)", printed))
+        assert set(charts) == {"flip_flop", "copy"}
+        SHOTS.mkdir(exist_ok=True)
         check_pages(url.group(1), url.group(3), tmp_path)
+        check_ranked_table(url.group(0).strip(), base, tmp_path)
+        check_experiments_from_the_list(base, tmp_path)
+        check_chart_view(charts["copy"], tmp_path)
     finally:
         ui.stop()
     assert ui.proc.returncode is not None
+
+
+def check_ranked_table(url: str, base: str, tmp_path: Path) -> None:
+    """The leaderboard URL that `suite ui` prints shows each task's table ranked by its score,
+    in the model-training view."""
+    from results.leaderboard import build, ranking
+
+    tab, _ = build(base)
+    dom = rendered(url, tmp_path / "chromium-rank", ["Attention leaderboard", "score",
+                                                    "rank: score = mean exact match"])
+    assert not any(g in dom for g in GENAI), "the leaderboard opened in the GenAI view"
+    names = r'role="cell"[^>]*><span[^>]*>(softmax|entmax)</span>'
+    shown = re.findall(names, dom)
+    want = [a for task in ("copy", "flip_flop")  # the markdown lists tasks by name
+            for a, _, _ in ranking(tab.filter(tab["task"] == task))]
+    assert shown == want, (shown, want)
+    chromium(url, tmp_path / "chromium-rank", 30000, screenshot=SHOTS / "leaderboard.png")
+
+
+def check_experiments_from_the_list(base: str, tmp_path: Path) -> None:
+    """A new user's browser opens the experiment list, then each task's experiment by its
+    link: the runs table shows the metric columns (score and exact match per multiple of
+    the training length) and the short run names, in the model-training view."""
+    listing = rendered(f"{base}/#/experiments", tmp_path / "chromium-list",
+                       ["flip_flop", "copy", "leaderboard"])
+    links = dict((name, href) for href, name in re.findall(
+        r'href="(#/experiments/\d+)"[^>]*>(?:<[^>]+>)*(flip_flop|copy)<', listing))
+    assert set(links) == {"flip_flop", "copy"}, listing[-2000:]
+    for task, href in sorted(links.items()):
+        page = f"{base}/{href}"  # as the list links it: no view in the URL
+        profile = tmp_path / f"chromium-{task}"
+        dom = rendered(page, profile, ["metrics.`score`", "metrics.`exact_match_2x`",
+                                       "softmax s0", "entmax s0"])
+        assert not any(g in dom for g in GENAI), f"{task} opened in the GenAI view"
+        for col in ("metrics.`exact_match_1x`", "attributes.`Dataset`"):
+            assert f'col-id="{col}"' in dom, col
+        assert f"{task} (" in dom  # the dataset input, named by the task
+        chromium(page, profile, 30000, screenshot=SHOTS / f"experiment-{task}.png")
+
+
+def check_chart_view(url: str, tmp_path: Path) -> None:
+    """The chart view `suite ui` prints for a task: a chart per metric against length."""
+    dom = rendered(url, tmp_path / "chromium-chart", ["Search metric charts", "Model metrics"])
+    assert not any(g in dom for g in GENAI)
+    titles = set(re.findall(r">(exact_match|token_acc|score)<", dom))
+    assert titles == {"exact_match", "token_acc", "score"}, titles  # one chart per metric
+    chromium(url, tmp_path / "chromium-chart", 30000, screenshot=SHOTS / "chart-copy.png")
 
 
 def check_pages(run_url: str, run_id: str, tmp_path: Path) -> None:
@@ -125,12 +187,13 @@ def check_pages(run_url: str, run_id: str, tmp_path: Path) -> None:
     overview = rendered(run_url + VIEW, profile,
                         ["Attention leaderboard", "flip_flop", "softmax"])  # the description
     assert "leaderboard | smoke" in overview and "Finished" in overview
+    assert not any(g in overview for g in GENAI)
     md_page = f"{run_url}/artifacts/leaderboard.md{VIEW}"
     md = rendered(md_page, profile, ["<h1", "Attention leaderboard", 'role="cell"', "64 (1x)"])
     cell = r'role="cell"[^>]*><span[^>]*>{}</span>'
     assert re.search(cell.format("softmax"), md)  # the markdown table, rendered as a table
     assert re.search(cell.format(r"<strong>[\d.]+</strong>[^<]*"), md)  # the best, in bold
-    shot = Path("/tmp") / f"suite-ui-{os.getpid()}.png"
+    shot = SHOTS / "leaderboard-md.png"
     chromium(md_page, profile, 30000, screenshot=shot)
     assert shot.read_bytes()[:4] == b"\x89PNG"
-    print(f"screenshot: {shot}")
+    print(f"screenshots: {SHOTS}")

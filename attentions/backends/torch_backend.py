@@ -1,4 +1,5 @@
-"""The torch backend: the reference, on any device, and the GPU path until a fused kernel.
+"""The torch backend: the reference, on any device, and the path ``auto`` takes for every
+call that no faster backend takes or prefers (see ``attentions.backends.resolve``).
 
 Queries run in chunks, so no (B, H, T, S) tensor exists. Memory: the inputs and the output,
 O(B*H*(T+S)*D), plus per-row statistics O(B*H*T), plus one chunk of scores and its few

@@ -106,11 +106,10 @@ def tau_passes(alpha: float, dtype: torch.dtype) -> tuple[int, int]:
 
 def skip_empty_tiles(has_alibi: bool, backward: bool = False) -> bool:
     """Whether a kernel tests each tile for support before its V / dO products. The test is a
-    block-wide reduction, a barrier per tile. Measured on an H100 (2026-11-27, bf16, B=2,
-    H=16): nearly every 128x64 tile of Gaussian inputs holds support, and the forward without
-    the test was faster, also with NAPE's ALiBi heads (T=4096: 0.58 against 0.61 ms; T=16384:
-    6.40 against 6.91 ms). So the forward does not test; the backward tests with ALiBi only
-    (its f+b rows were measured so). SUITE_TRITON_SKIP=0/1 forces either way for both."""
+    block-wide reduction, a barrier per tile, and nearly every tile of Gaussian inputs holds
+    support, so the forward does not test (it was faster without, NAPE included); the
+    backward tests with ALiBi only. The measurements: TRITON_NOTES.md, "Forward" item 4 and
+    "Measured". SUITE_TRITON_SKIP=0/1 forces either way for both."""
     env = os.environ.get("SUITE_TRITON_SKIP")
     if env is not None:
         return env != "0"
@@ -282,9 +281,8 @@ def fused_backward() -> bool:
     """Whether a call that needs gradients runs the fused backward kernels (default: yes;
     SUITE_TRITON_FUSED_BACKWARD=0 sends such calls to the torch backend instead).
 
-    On an H100 (2026-11-27, triton 3.6.0) the float32 dq kernel was wrong with two pipeline
-    stages; with one stage (``_blocks``) all 64 cases of tests/test_triton.py passed there,
-    float32 gradients included."""
+    float32 runs the backward with one pipeline stage (``_blocks``): with two, the float32 dq
+    kernel returned wrong gradients on an H100 with triton 3.6.0."""
     return os.environ.get("SUITE_TRITON_FUSED_BACKWARD", "1") != "0"
 
 

@@ -2,7 +2,7 @@
 
     python -m suite.bench.longforward --T 65536 --H 16 --D 64 --specs entmax softmax
 
-Gaussian q, k, v (as in ANCHORS.md), causal. Times are medians of CUDA-event timings after a
+Gaussian q, k, v (as in docs/peers.md), causal. Times are medians of CUDA-event timings after a
 warm-up; peak memory is ``torch.cuda.max_memory_allocated`` over the call, minus what the
 inputs already held. On CPU the host clock and no memory figure.
 """

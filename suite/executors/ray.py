@@ -221,7 +221,7 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
 def _record_failure(tracker, cell: Cell, sweep_id: str, error: str) -> None:
     """End the cell's RUNNING runs of this sweep FAILED with the error (their worker died), or
     log a FAILED run when the attempt left none."""
-    from ..run import cell_tags, experiment
+    from ..run import cell_tags, experiment, run_name
 
     failed = {schema.ERROR: error[:schema.ERROR_LIMIT]}
     stale = tracker.runs(experiment(cell), config_hash=cell.config_hash, sweep_id=sweep_id,
@@ -230,7 +230,7 @@ def _record_failure(tracker, cell: Cell, sweep_id: str, error: str) -> None:
         tracker.end(run_id, "FAILED", failed)
     if not stale:
         tags = cell_tags(cell, executor="ray", sweep_id=sweep_id)
-        log = tracker.start(experiment(cell), cell.name, tags, cell.config())
+        log = tracker.start(experiment(cell), run_name(cell), tags, cell.config())
         tracker.end(log.run_id, "FAILED", failed)
 
 
