@@ -67,14 +67,19 @@ def results_dir(out_dir: Path = Path("results")) -> Path:
                     "run the command from a directory you can write to")
 
 
-def checkpoints(directory: Path | None = None) -> Path:
+def checkpoints(directory: Path | None = None, beside_store: bool = False) -> Path:
     """The checkpoint root (default: ``train.checkpoint_dir()``; a sweep's is its store's,
-    ``suite.attempts.checkpoint_root``)."""
+    ``suite.attempts.checkpoint_root``, beside an embedded store unless
+    SUITE_CHECKPOINT_DIR is set)."""
     from .train import checkpoint_dir
 
-    fix = ("point SUITE_CHECKPOINT_DIR at a directory you can write to"
-           if os.environ.get("SUITE_CHECKPOINT_DIR") else
-           "run from a directory you can write to, or set SUITE_CHECKPOINT_DIR")
+    if os.environ.get("SUITE_CHECKPOINT_DIR"):
+        fix = "point SUITE_CHECKPOINT_DIR at a directory you can write to"
+    elif beside_store:
+        fix = ("checkpoints go beside the store: pass a --tracking-uri in a directory you can "
+               "write to, or set SUITE_CHECKPOINT_DIR")
+    else:
+        fix = "run from a directory you can write to, or set SUITE_CHECKPOINT_DIR"
     return writable(directory or checkpoint_dir(), "the checkpoint directory", fix)
 
 

@@ -60,7 +60,8 @@ def cmd_run(args) -> int:
         checks.results_dir()  # the leaderboard files (and the default store) go there
     from .attempts import checkpoint_root, local_dir_of
 
-    checks.checkpoints(checkpoint_root(local_dir_of(args.tracking_uri)))
+    store_dir = local_dir_of(args.tracking_uri)
+    checks.checkpoints(checkpoint_root(store_dir), beside_store=store_dir is not None)
     if args.executor == "ray":
         from .executors.ray import sweep_ray
 

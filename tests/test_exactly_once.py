@@ -83,15 +83,16 @@ class KillsItsProcess(attentions.Attention):
 
 @attentions.register("gate_test")
 class WaitsAtTheGate(attentions.Attention):
-    """softmax whose first step (in any process) writes $SUITE_TEST_GATE/holding and waits
-    until $SUITE_TEST_GATE/open exists."""
+    """softmax whose first training step (in any process) writes $SUITE_TEST_GATE/holding and
+    waits until $SUITE_TEST_GATE/open exists (the input check of `suite run`, on 3 tokens,
+    passes)."""
 
     def normalizer(self):
         return attentions.Normalizer("softmax")
 
     def forward(self, q, k, v, x=None, bias=None, causal=True):
         gate = Path(os.environ["SUITE_TEST_GATE"])
-        if _once(gate, "holding"):
+        if q.shape[2] >= 32 and _once(gate, "holding"):  # (B, H, T, D): a training batch
             deadline = time.monotonic() + 120
             while not (gate / "open").exists():
                 if time.monotonic() > deadline:
