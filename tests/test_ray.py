@@ -314,7 +314,8 @@ def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch, fa
     assert done[victim.config_hash].data.metrics["resumed_from"] == 6  # the first checkpoint
     assert done[cells[0].config_hash].data.metrics["resumed_from"] == 0
     leftovers = [r for r in by_hash[victim.config_hash] if r.info.status != "FINISHED"]
-    assert [r.info.status for r in leftovers] == ["KILLED"]  # the killed attempt, superseded
+    assert [r.info.status for r in leftovers] == ["KILLED"], [  # the killed attempt, superseded
+        (r.info.status, r.data.tags.get("suite.error")) for r in leftovers]
     assert leftovers[0].data.tags["suite.superseded_by"] == done[victim.config_hash].info.run_id
 
 
