@@ -253,9 +253,12 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
+def replay(path: str | Path, tracking_uri: str | None = None,
+           source: str | None = "") -> dict[str, int]:
     """Import an offline log (``results.offline``) into a tracking store; runs already there
-    (same config hash, FINISHED) are skipped. Returns counts of imported and skipped runs."""
+    (same config hash, FINISHED) are skipped. Returns counts of imported and skipped runs.
+    ``source``: what the runs' ``imported_from`` tag names (default: the log's path; None: no
+    tag, for the logs a parallel sweep's workers hand over)."""
     from .offline import read
 
     tracker = Tracker(tracking_uri)
@@ -275,7 +278,9 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, int]:
         if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
             counts["skipped"] += 1
             continue
-        tags = {**r["tags"], schema.IMPORTED_FROM: str(path)}
+        tags = dict(r["tags"])
+        if source is not None:
+            tags[schema.IMPORTED_FROM] = source or str(path)
         if r["error"]:
             tags[schema.ERROR] = r["error"][:schema.ERROR_LIMIT]
         log = tracker.start(r["experiment"], r["name"], tags, r["params"],

@@ -61,6 +61,7 @@ class Profile:
     tasks: tuple[str, ...]  # what `suite run` trains when no --task is given
     per_task: Mapping[str, tuple[Size, Budget]] = dataclasses.field(default_factory=dict)
     pe: str = "nape"
+    seeds: int = 1  # seeds per cell when `suite run` is given no --seeds
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: RESOURCES)
 
     def for_task(self, task: str) -> tuple[Size, Budget]:

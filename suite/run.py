@@ -94,14 +94,20 @@ def _environment_tags(cell: Cell, model) -> dict[str, str]:
         kernel = resolve(cell.backend, attn.normalizer(), torch.device(cell.device)).NAME
     except NotImplementedError:  # a plain-function variant is its own kernel
         kernel = "function"
-    dev = torch.cuda.get_device_name() if cell.device == "cuda" else platform.processor() or "cpu"
+    from . import cpu
+
+    dev = torch.cuda.get_device_name() if cell.device == "cuda" else cpu.model()
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for dist in ("numba", "mlflow", "numpy", "triton"):
         try:  # metadata, not an import: the offline mode must not load mlflow
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    where = tags({"backend": kernel, "device": f"{cell.device}: {dev}", **git_state()}, versions)
+    numerics = {}
+    if cell.device == "cpu":  # what fixes a CPU cell's bits (suite.cpu)
+        numerics = cpu.state()
+    where = tags({"backend": kernel, "device": f"{cell.device}: {dev}", **numerics,
+                  **git_state()}, versions)
     return {**cell_tags(cell), **where}
 
 
