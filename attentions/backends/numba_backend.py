@@ -39,6 +39,9 @@ CHUNK_ELEMS = 1 << 22
 MAX_ROWS = 128
 #: keys per block of the block maxima that let the kernels skip blocks without support
 BLK = 32
+#: most keys of the rows that the short kernels take whole (entmax family, no dense bias):
+#: scores, threshold and sums of a head in one numba call, no matmul handed over per block
+SHORT_KEYS = 256
 
 
 def usable() -> bool:
@@ -57,11 +60,13 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
     return bias is None or isinstance(bias, (Alibi, torch.Tensor))
 
 
-#: fewest keys at which ``auto`` takes the numba kernels over the torch backend. Below, the
-#: per-call cost of the thread pool outweighs the kernels (training shapes of the quick
-#: profile, T ~ 64: torch 15-27 ms vs numba 20-29 ms per forward+backward for entmax, 7 vs
-#: 40 ms for softmax with ALiBi); from these lengths on numba wins by 3-25x (2-core EPYC).
-MIN_KEYS = {"entmax": 128, "softmax": 512}
+#: fewest keys at which ``auto`` takes the numba kernels over the torch backend. The entmax
+#: family at every length: at training shapes of the quick profile (B=32, H=4, T=67, D=16, one
+#: thread) the short kernels take 8.6 ms per forward+backward for alpha=1.5 and 5.7 for
+#: sparsemax, the torch backend 62 and 46 (2-core EPYC, Zen 3). Softmax with a bias from 512
+#: keys on: below, the torch backend's SDPA with a float mask is faster (6 ms against 22 for
+#: its chunked loop at those shapes); from there on numba wins by 3-25x.
+MIN_KEYS = {"entmax": 0, "softmax": 512}
 
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
@@ -205,6 +210,58 @@ def _items(c) -> list:
     return [(bh, i0) for i0 in range(0, c.T, c.rows) for bh in range(c.B * c.H)]
 
 
+def _short(c) -> bool:
+    """Whether a call runs on the short kernels: entmax family, no dense bias, short rows."""
+    return c.kind != 0 and c.dense is None and c.S <= SHORT_KEYS
+
+
+def _head_ranges(BH: int) -> list[tuple[int, int]]:
+    """Whole heads per worker thread, in contiguous ranges (the bits do not depend on them)."""
+    W = _workers(BH)
+    cuts = [BH * w // W for w in range(W + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _short_forward(c, qc, kc, vc, cdt):
+    K = _kernels()
+    BH, T, Dv = qc.shape[0], c.T, vc.shape[2]
+    kt = kc.transpose(1, 2).contiguous()  # (BH, D, S)
+    out = torch.zeros(BH, T, Dv, dtype=cdt)
+    m = torch.zeros(BH, T, dtype=torch.float64)
+    t = torch.zeros(BH, T, dtype=torch.float64)
+    slopes = np.asarray(c.slopes, np.float64)
+    args = (qc.numpy(), kt.numpy(), vc.numpy(), slopes, c.off, c.causal, c.kind, c.alpha,
+            c.scale, out.numpy(), m.numpy(), t.numpy())
+
+    def job(a, b):
+        z = np.empty(c.S, qc.numpy().dtype)
+        cx, ci = np.empty(c.S, np.float64), np.empty(c.S, np.int32)
+        K.short_fwd(*args, a, b, z, cx, ci, np.empty(Dv + 1, z.dtype))
+
+    _run([lambda a=a, b=b: job(a, b) for a, b in _head_ranges(BH)])
+    return out, m, t
+
+
+def _short_backward(c, qc, kc, vc, m, t, do):
+    K = _kernels()
+    D = qc.shape[2]
+    dq, dk, dv = torch.zeros_like(qc), torch.zeros_like(kc), torch.zeros_like(vc)
+    kt = kc.transpose(1, 2).contiguous()
+    slopes = np.asarray(c.slopes, np.float64)
+    args = (qc.numpy(), kc.numpy(), kt.numpy(), vc.numpy(), do.numpy(), slopes, c.off,
+            c.causal, c.kind, c.alpha, c.scale, m.numpy(), t.numpy(), dq.numpy(), dk.numpy(),
+            dv.numpy())
+
+    def job(a, b):
+        z = np.empty(c.S, qc.numpy().dtype)
+        sx, sp, sg = (np.empty(c.S, np.float64) for _ in range(3))
+        K.short_bwd(*args, a, b, z, sx, sp, sg, np.empty(c.S, np.int32),
+                    np.empty(D + 2, z.dtype))
+
+    _run([lambda a=a, b=b: job(a, b) for a, b in _head_ranges(qc.shape[0])])
+    return dq, dk.mul_(c.scale), dv
+
+
 class NumbaAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, norm, causal, bias, sm_scale):
@@ -212,6 +269,11 @@ class NumbaAttention(torch.autograd.Function):
         c = _Ctx(q, k, norm, causal, bias, sm_scale)
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc, kc, vc = _flat(q, cdt), _flat(k, cdt), _flat(v, cdt)
+        if _short(c):
+            out, m, t = _short_forward(c, qc, kc, vc, cdt)
+            ctx.c = c
+            ctx.save_for_backward(qc, kc, vc, m, t)
+            return out.reshape(c.B, c.H, c.T, vc.shape[2]).to(q.dtype)
         BH, T, Dv = qc.shape[0], c.T, vc.shape[2]
         out = torch.zeros(BH, T, Dv, dtype=cdt)
         m = torch.zeros(BH, T, dtype=torch.float64)  # row max
@@ -257,6 +319,11 @@ class NumbaAttention(torch.autograd.Function):
         cdt = qc.dtype
         BH, T, S, D, Dv = qc.shape[0], c.T, c.S, qc.shape[2], vc.shape[2]
         do = dout.detach().to(cdt).reshape(BH, T, Dv).contiguous()
+        if _short(c):
+            dq, dk, dv = _short_backward(c, qc, kc, vc, m, t, do)
+            B, H = c.B, c.H
+            return (dq.reshape(B, H, T, D).to(dout.dtype), dk.reshape(B, H, S, D).to(dout.dtype),
+                    dv.reshape(B, H, S, Dv).to(dout.dtype), None, None, None, None)
         dq = torch.zeros_like(qc)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
