@@ -1,5 +1,6 @@
 """`suite run` end to end on the smoke profile, into a temporary embedded store."""
 
+import shutil
 import textwrap
 
 import pytest
@@ -215,3 +216,36 @@ def test_default_variants_are_the_builtins_not_the_plugins(tmp_path):
     shipped = [n for n in attentions.names()
                if attentions.get(n).__module__.startswith("attentions.")]
     assert [c.attention for c in cells] == shipped and len(shipped) >= 6
+
+
+def _metrics(uri: str) -> dict[str, dict[str, float]]:
+    """Every metric of every cell run (timing metrics aside), by attention."""
+    timing = {"train_seconds", "tokens_per_s"}
+    return {r.data.tags["suite.attention"]: {k: v for k, v in r.data.metrics.items()
+                                             if k not in timing} for r in runs(uri)}
+
+
+def test_the_main_jobs_path_repeats_bit_for_bit(tmp_path, monkeypatch, empty_db, capsys):
+    """Two cells run twice, each time side by side in worker processes as the main job runs
+    them (pinned CPU numerics, one torch thread each): training, the out-of-distribution
+    checkpoint selection, and evaluation up to 512 tokens (the numba backend's short kernels
+    and its block path) give the same metrics, digit for digit."""
+    got = []
+    for n in range(2):
+        home = tmp_path / f"run{n}"
+        home.mkdir()
+        monkeypatch.chdir(home)
+        shutil.copy(empty_db, home / "mlflow.db")
+        uri = f"sqlite:///{home}/mlflow.db"
+        assert main(["run", "--profile", "smoke", "--attention", "entmax", "--attention",
+                     "softmax", "--max-eval-length", "512", "--jobs", "2", "--tracking-uri",
+                     uri, "--no-progress"]) == 0
+        assert "2 worker processes, 1 torch thread(s) each" in capsys.readouterr().out
+        got.append(_metrics(uri))
+        tags = runs(uri)[0].data.tags
+        assert tags["suite.cpu_threads"] == "1" and tags["suite.numba_cpu"]
+    first, second = got
+    assert set(first) == {"entmax", "softmax"}
+    for att, values in first.items():
+        assert "exact_match_L512" in values and "best_step" in values
+        assert values == second[att], att

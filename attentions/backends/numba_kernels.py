@@ -13,9 +13,13 @@ each of its worker threads, after torch computed that block's scores z (C, Sv) w
   dp_j = dout_i . v_j, dz_j = s_j (dp_j - <s, dp>/sum s); dq, dk, dv over the support only
   (a thread owns whole heads, or private dk, dv).
 
+- ``short_fwd`` / ``short_bwd``: the same for rows short enough (training lengths) that a head's
+  scores are computed here, row by row, instead of handed over from a matmul per block.
+
 Kinds: 1 sparsemax (alpha = 2), 2 entmax alpha = 1.5, 3 entmax, other alpha (softmax stays
-in torch: its exp vectorizes there). Scalars and sums are float64 (the row data may be
-float32). No (T, S) buffer: the caller's score block is the only large array.
+in torch: its exp vectorizes there); for top-k softmax (4) ``kth_largest`` finds each row's
+cut. Scalars and sums are float64 (the row data may be float32). No (T, S) buffer: the
+caller's score block is the only large array.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from numba import njit
 # fast-math without nnan/ninf: masked scores and dense biases may hold -inf
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-SOFTMAX, SPARSEMAX, ENT15, ENTGEN = 0, 1, 2, 3
+SOFTMAX, SPARSEMAX, ENT15, ENTGEN, TOPK = 0, 1, 2, 3, 4
 
 
 @njit(fastmath=FM, cache=True, inline="always")
@@ -522,3 +526,63 @@ def short_bwd(q, k, kt, v, dout, slopes, off, causal, kind, alpha, scale, mst, t
                     dvr[e] += pz * do[e]
             for e in range(D):
                 dq[bh, i, e] = dqa[e] * scale
+
+
+# ---------------------------------------------------------------- top-k: each row's cut
+
+
+@njit(fastmath=FM, cache=True, inline="always")
+def _select(a, n, k):
+    """The k-th largest of a[:n] (1 <= k <= n), by quickselect in place."""
+    lo = 0
+    hi = n - 1
+    want = k - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            return a[want]
+    return a[lo]
+
+
+@njit(fastmath=FM, cache=True, nogil=True)
+def kth_largest(z, bmax, k, thr, cx):
+    """Each row's k-th largest score (the cut of top-k softmax: the scores at or above it are
+    kept), -inf where a row sees at most k keys (all are kept). z (C, Sp) scores, -inf where
+    masked or padded; bmax (C, Sp // BLK) the key blocks' maxima; writes thr (C,). Scratch: cx
+    (Sp,) float64. The k-th largest block maximum is a lower bound of the cut (k distinct
+    scores reach it), so only the blocks whose maximum reaches it are searched."""
+    C, Sp = z.shape
+    nb = bmax.shape[1]
+    blk = Sp // nb
+    for c in range(C):
+        br = bmax[c]
+        zr = z[c]
+        nf = 0
+        for b in range(nb):
+            x = br[b]
+            cx[nf] = x
+            nf += 1 if x > -np.inf else 0
+        lo = _select(cx, nf, k) if nf >= k else -np.inf
+        n = 0
+        for b in range(nb):
+            if br[b] >= lo and br[b] > -np.inf:
+                for j in range(b * blk, b * blk + blk):
+                    x = zr[j]
+                    cx[n] = x
+                    n += 1 if (x >= lo and x > -np.inf) else 0
+        thr[c] = _select(cx, n, k) if n >= k else -np.inf

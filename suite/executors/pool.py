@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,9 +29,11 @@ if TYPE_CHECKING:
     from ..train import Cell
 
 
-def _init(plugins: list[str]) -> None:
-    """A worker's start, before torch is imported: the CPU settings and torch threads, then
-    the plugins the cells need."""
+def _init(parent: int, plugins: list[str]) -> None:
+    """A worker's start, before torch is imported: a watch that ends the worker when the sweep
+    is gone (even by ``kill -9``), the CPU settings and torch threads, then the plugins the
+    cells need."""
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
     cpu.apply()
     n = str(cpu.threads())
     os.environ.setdefault("OMP_NUM_THREADS", n)
@@ -41,6 +44,12 @@ def _init(plugins: list[str]) -> None:
 
     torch.set_num_threads(cpu.threads())
     load_plugins(plugins)
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)  # the sweep is gone: its cell resumes from its checkpoint next time
 
 
 def _work(cell: Cell, log_uri: str) -> dict:
@@ -85,7 +94,8 @@ def sweep_parallel(cells: list[tuple[str, Cell]], tracker, jobs: int, say) -> in
     failed = 0
     tmp = Path(tempfile.mkdtemp(prefix="suite-cells-"))
     pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_init, initargs=(plugins_for([c for _, c in cells]),))
+                                  initializer=_init,
+                                  initargs=(os.getpid(), plugins_for([c for _, c in cells])))
     try:
         running = {}
         for i, (head, cell) in enumerate(cells):
