@@ -100,7 +100,7 @@ _SMOKE = Profile(
     resources={"cpu": Resources(1), "cuda": Resources(1, 0.125)},  # tiny models share a GPU
 )
 
-_Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
+_Q = Budget(steps=1000, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
             val_samples=64, eval_samples=100, max_eval_length=1024)
 _QUICK = Profile(
     "quick",
@@ -111,6 +111,7 @@ _QUICK = Profile(
         "mqmtar": (Size(4, 64, 4, 16, 128), _Q),
         "lm": (Size(2, 64, 4, 16, 128), dataclasses.replace(_Q, max_eval_length=1024)),
     },
+    seeds=3,
     resources={"cpu": Resources(1), "cuda": Resources(1, 0.25)},
 )
 
