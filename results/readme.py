@@ -76,12 +76,15 @@ def _about(task: str, profile: str, runs: list) -> str:
     versions = _one({r.data.tags.get("version.torch", "?") for r in runs}, "torch version")
     devices = _one({t.get("device", "?") for t in tags}, "device")
     span = end - start
+    cpu = [r.data.metrics["cpu_seconds"] for r in runs if "cpu_seconds" in r.data.metrics]
+    cost = (f"; the cells' training and evaluation took {sum(cpu):.0f} CPU seconds in all "
+            f"({sum(cpu) / len(cpu):.0f} per cell)" if cpu else "")
     return (f"**{task}**, profile `{profile}` ({budget}); {len(per)} attentions x "
             f"{'-'.join(map(str, counts))} seeds (seeds {_seeds(seeds)}), {len(runs)} cell runs. "
             f"Commit {_one(commits, 'commit')}; {devices}; torch {versions}; CPU numerics: "
             f"{numerics}. Runs of "
             f"{' to '.join(days)} (UTC), {span // 60000} min {span // 1000 % 60} s from the first "
-            f"cell's start to the last cell's end.")
+            f"cell's start to the last cell's end{cost}.")
 
 
 def _seeds(seeds: list[int]) -> str:

@@ -39,6 +39,7 @@ class Budget:
     max_eval_length: int | None = None  # cap on the task's ladder (None: the whole ladder)
     eval_tokens: int = 1 << 15  # tokens per evaluation batch (batch = eval_tokens // length)
     ckpt_every: int = 500
+    hold: float = 0.0  # share of the steps after warmup at the peak rate before the cosine decay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +101,8 @@ _SMOKE = Profile(
     resources={"cpu": Resources(1), "cuda": Resources(1, 0.125)},  # tiny models share a GPU
 )
 
-_Q = Budget(steps=1000, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
-            val_samples=64, eval_samples=100, max_eval_length=1024)
+_Q = Budget(steps=1200, warmup=100, lr=1e-3, batch_size=16, val_every=300, val_multiple=8,
+            val_samples=64, eval_samples=100, max_eval_length=1024, hold=0.7)
 _QUICK = Profile(
     "quick",
     Size(2, 64, 4, 16, 128),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import time
 
 import torch
 
@@ -120,12 +121,18 @@ def run_cell(cell: Cell, tracker, progress: bool = True) -> dict:
     model = build_model(cell)
     params = {**cell.config(), "n_params": sum(p.numel() for p in model.parameters())}
     with tracker.run(experiment(cell), cell.name, params, _environment_tags(cell, model)) as log:
+        cpu0 = time.process_time()
         model, summary = train(cell, log=log, progress=progress)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
         task = tasks.get(cell.task)
         _, budget = cell.size_budget
+        t0 = time.perf_counter()
         results = evaluate(model, task, cell.eval_lengths(), budget.eval_samples, cell.seed,
                            torch.device(cell.device), budget.eval_tokens)
+        # CPU seconds of this process (every thread) for training and evaluation: on the CPU,
+        # what a cell costs whatever else the machine runs
+        log.metrics({"eval_seconds": time.perf_counter() - t0,
+                     "cpu_seconds": time.process_time() - cpu0}, step=0)
         for length, res in results.items():
             diag = res.pop("diagnostics", {})
             scalars = {k: v for k, v in diag.items() if not k.endswith("_heads")}

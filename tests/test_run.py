@@ -222,7 +222,7 @@ def _logged(path) -> dict[str, dict[str, float]]:
     aside), by attention."""
     from results.offline import read
 
-    timing = {"train_seconds", "tokens_per_s"}
+    timing = {"train_seconds", "tokens_per_s", "eval_seconds", "cpu_seconds"}
     names, values, done = {}, {}, set()
     for rec in read(path):
         if rec["event"] == "start":
