@@ -17,15 +17,37 @@ def add_leaderboard_args(parser: argparse.ArgumentParser) -> None:
                         help="the profile whose runs to rank (default: the newest run's)")
     parser.add_argument("--no-log", action="store_true",
                         help="write results/leaderboard.* but log no leaderboard run")
+    parser.add_argument("--format", default="text", choices=["text", "markdown"],
+                        help="what to print: the terminal tables, or the README's markdown "
+                        "section (how the runs were made, mean ± std over seeds, the ranking)")
+    parser.add_argument("--write-readme", nargs="?", const="README.md", default=None,
+                        metavar="PATH", help="put the markdown section between the markers "
+                        "of PATH (default README.md)")
 
 
 def leaderboard_cmd(args) -> int:
-    """Print the tables, write results/leaderboard.{csv,md,png,html}, log the leaderboard run."""
+    """Print the tables, write results/leaderboard.{csv,md,png,html}, log the leaderboard run;
+    with ``--format markdown`` / ``--write-readme``, the README's section too."""
     from .report import make
 
     rep = make(args.tracking_uri, getattr(args, "profile", None), Path("results"),
                log=not getattr(args, "no_log", False))
-    print(rep.text)
+    markdown = getattr(args, "format", "text") == "markdown"
+    target = getattr(args, "write_readme", None)
+    if markdown or target:
+        from . import readme
+        from .tracking import Tracker
+
+        try:
+            text = readme.section(Tracker(rep.uri), rep.profile)
+            if target:
+                readme.write(Path(target), text)
+        except readme.ReadmeError as err:
+            print(f"suite: error: {err}", file=sys.stderr)
+            return 2
+    print(text if markdown else rep.text)
+    if target:
+        print(f"\nwritten: {target} (the section between its markers)")
     if rep.files:
         print(f"\nwritten: {', '.join(str(p) for p in rep.files)}")
     if rep.run_id:

@@ -382,14 +382,16 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
+def replay(path: str | Path, tracking_uri: str | None = None,
+           source: str | None = "") -> dict[str, Any]:
     """Import an offline log (``results.offline``) into a tracking store; runs already there
     (same config hash, FINISHED) are skipped. A damaged log (a cut last line, garbage in
     between) still gives every run whose events are all readable: lines that are not events
     are skipped and counted, the first named (``first_bad``); a run that was open where a
     line is damaged, or cut off before its end, is imported FAILED with that reason, never
     FINISHED. A file with no run at all is refused (ValueError) before the store is touched.
-    Returns the counts."""
+    ``source``: what the runs' ``imported_from`` tag names (default: the log's path; None: no
+    tag, for the logs a parallel sweep's workers hand over). Returns the counts."""
     from .offline import parse
 
     path = Path(path)
@@ -410,15 +412,17 @@ def replay(path: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
         if r["status"] == "FINISHED" and h and tracker.finished(r["experiment"], h):
             counts["skipped"] += 1
             continue
-        _import_run(tracker, r, path)
+        _import_run(tracker, r, path, source)
         counts["imported"] += 1
     return counts
 
 
-def _import_run(tracker: Tracker, r: dict, path: Path) -> None:
+def _import_run(tracker: Tracker, r: dict, path: Path, source: str | None = "") -> None:
     """One run into the store; it ends with the log's status, or FAILED (KILLED on Ctrl-C)
     if the store fails half-way, never RUNNING."""
-    tags = {**r["tags"], **r.get("end_tags", {}), schema.IMPORTED_FROM: str(path)}
+    tags = {**r["tags"], **r.get("end_tags", {})}
+    if source is not None:
+        tags[schema.IMPORTED_FROM] = source or str(path)
     if r["error"]:
         tags[schema.ERROR] = str(r["error"])[:schema.ERROR_LIMIT]
     log = tracker.start(r["experiment"], r["name"], tags, r["params"],

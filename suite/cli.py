@@ -49,7 +49,8 @@ def cmd_run(args) -> int:
     from . import checks
     from .run import plan
 
-    cells = plan(args.attention, args.task, args.profile, args.seeds, args.device, args.backend,
+    seeds = args.seeds if args.seeds is not None else PROFILES[args.profile].seeds
+    cells = plan(args.attention, args.task, args.profile, seeds, args.device, args.backend,
                  check_device=args.executor != "ray", steps=args.steps,
                  batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
@@ -70,7 +71,8 @@ def cmd_run(args) -> int:
     else:
         from .executors.local import sweep
 
-        failed = sweep(cells, args.tracking_uri, progress=not args.no_progress)
+        failed = sweep(cells, args.tracking_uri, progress=not args.no_progress,
+                       jobs=_jobs(args.jobs, cells))
     print()
     if is_offline(args.tracking_uri):
         print(f"offline log written; load it into a store with: suite import "
@@ -81,6 +83,23 @@ def cmd_run(args) -> int:
         print(f"suite: {failed} cell(s) FAILED; their runs hold the error (tag suite.error, "
               "artifact error.txt)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _jobs(jobs: int | None, cells) -> int:
+    """Worker processes of the local executor: ``--jobs``, else on the CPU one per core (each
+    cell at ``suite.cpu.threads()`` threads), else 1 (a GPU trains one cell at a time)."""
+    if jobs is not None:
+        if jobs < 1:
+            raise attentions.SpecError(f"--jobs {jobs}: give at least 1")
+        return jobs
+    if any(c.device != "cpu" for c in cells):
+        return 1
+    import os
+
+    from . import cpu
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(len(cells), (cores or 1) // cpu.threads()))
 
 
 def cmd_leaderboard(args) -> int:
@@ -260,10 +279,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", action="append", metavar="SPEC",
                     help="task spec (repeatable); default: the profile's tasks")
     sp.add_argument("--profile", default="quick", choices=list(PROFILES))
-    sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
+    sp.add_argument("--seeds", type=int, default=None,
+                    help="seeds 0..N-1 per cell (default: the profile's; quick: 3)")
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
     sp.add_argument("--executor", default="local", choices=["local", "ray"])
+    sp.add_argument("--jobs", type=int, default=None,
+                    help="local executor: cells at once, each in a worker process (default: "
+                    "one per core on the CPU, each at $SUITE_CPU_THREADS threads, default 1; "
+                    "1 on a GPU)")
     sp.add_argument("--ray-address", default=None,
                     help="a running Ray cluster (default: start a local one)")
     sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: "

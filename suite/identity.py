@@ -2,10 +2,10 @@
 
 - ``code.suite``: the installed suite's sources that change a result: every module of
   ``attentions`` (variants, normalizers, kernels of every backend) and ``tasks`` (generators,
-  metrics), and the pipeline's ``model``, ``train``, ``step``, ``data`` and ``evaluate``. A hash
-  of the files' bytes, the same for a git checkout and an installed wheel, clean or not; a
-  change of any of them (a kernel fixed between two commits) is a new identity, a commit that
-  touches none of them (the README) is not.
+  metrics), and the pipeline's ``model``, ``train``, ``step``, ``data``, ``evaluate`` and
+  ``cpu`` (the pinned CPU numerics). A hash of the files' bytes, the same for a git checkout
+  and an installed wheel, clean or not; a change of any of them (a kernel fixed between two
+  commits) is a new identity, a commit that touches none of them (the README) is not.
 - ``code.attention`` / ``code.task``: ``builtin`` for a variant or task of the suite's own
   packages, else a hash of the bytes of the file that registered it (the ``--plugin`` file, or
   the module of an entry point), so that editing a plugin makes its cells new cells.
@@ -26,7 +26,7 @@ import attentions
 import tasks
 
 #: the pipeline modules (besides the attentions and tasks packages) that change a result
-PIPELINE = ("model.py", "train.py", "step.py", "data.py", "evaluate.py")
+PIPELINE = ("model.py", "train.py", "step.py", "data.py", "evaluate.py", "cpu.py")
 BUILTIN = "builtin"
 DIGITS = 12
 

@@ -39,6 +39,7 @@ class Budget:
     max_eval_length: int | None = None  # cap on the task's ladder (None: the whole ladder)
     eval_tokens: int = 1 << 15  # tokens per evaluation batch (batch = eval_tokens // length)
     ckpt_every: int = 500
+    hold: float = 0.0  # share of the steps after warmup at the peak rate before the cosine decay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Profile:
     tasks: tuple[str, ...]  # what `suite run` trains when no --task is given
     per_task: Mapping[str, tuple[Size, Budget]] = dataclasses.field(default_factory=dict)
     pe: str = "nape"
+    seeds: int = 1  # seeds per cell when `suite run` is given no --seeds
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: RESOURCES)
 
     def for_task(self, task: str) -> tuple[Size, Budget]:
@@ -99,8 +101,8 @@ _SMOKE = Profile(
     resources={"cpu": Resources(1), "cuda": Resources(1, 0.125)},  # tiny models share a GPU
 )
 
-_Q = Budget(steps=1500, warmup=100, lr=1e-3, batch_size=32, val_every=250, val_multiple=8,
-            val_samples=64, eval_samples=100, max_eval_length=1024)
+_Q = Budget(steps=1200, warmup=100, lr=1e-3, batch_size=16, val_every=300, val_multiple=8,
+            val_samples=64, eval_samples=100, max_eval_length=1024, hold=0.7)
 _QUICK = Profile(
     "quick",
     Size(2, 64, 4, 16, 128),
@@ -110,6 +112,7 @@ _QUICK = Profile(
         "mqmtar": (Size(4, 64, 4, 16, 128), _Q),
         "lm": (Size(2, 64, 4, 16, 128), dataclasses.replace(_Q, max_eval_length=1024)),
     },
+    seeds=3,
     resources={"cpu": Resources(1), "cuda": Resources(1, 0.25)},
 )
 

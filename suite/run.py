@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
-from pathlib import Path
+import time
 
 import torch
 
@@ -93,19 +93,13 @@ def run_name(cell: Cell) -> str:
 
 
 def device_name(device: str) -> str:
-    """``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: AMD EPYC 9R14 (2 threads)``."""
+    """``cuda: NVIDIA H200`` or ``cpu: AMD EPYC 9R14 (family 25, model 17, AVX2, 2 cores)
+    (1 threads)``."""
     if device == "cuda":
         return f"cuda: {torch.cuda.get_device_name()}"
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine() or "unknown CPU"
-    return f"cpu: {model} ({torch.get_num_threads()} threads)"
+    from . import cpu
+
+    return f"cpu: {cpu.model()} ({torch.get_num_threads()} threads)"
 
 
 def _kernel(cell: Cell, model) -> str:
@@ -119,10 +113,13 @@ def _kernel(cell: Cell, model) -> str:
 
 
 def _environment_tags(cell: Cell) -> dict[str, str]:
-    """The cell's tags, with where it runs: device, git state, versions, MLflow's source (the
-    kernel backend is tagged once the model is built, inside the run)."""
+    """The cell's tags, with where it runs: device, git state, versions, MLflow's source, and
+    on the CPU the settings that fix its numerics (``suite.cpu``); the kernel backend is tagged
+    once the model is built, inside the run."""
     from results.gitinfo import git_state
     from results.schema import cell_tags as tags
+
+    from . import cpu
 
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for dist in ("numba", "mlflow", "numpy", "triton"):
@@ -131,7 +128,8 @@ def _environment_tags(cell: Cell) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     git = git_state()
-    where = tags({"device": device_name(cell.device), **git}, versions)
+    numerics = cpu.state() if cell.device == "cpu" else {}
+    where = tags({"device": device_name(cell.device), **numerics, **git}, versions)
     source = {"mlflow.source.name": "suite run", "mlflow.source.type": "LOCAL"}
     if git.get("git_commit", "unknown") != "unknown":
         source["mlflow.source.git.commit"] = git["git_commit"]
@@ -170,11 +168,17 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
         model = build_model(cell)
         log.params({"n_params": sum(p.numel() for p in model.parameters())})
         log.tags({"suite.backend": _kernel(cell, model)})
+        cpu0 = time.process_time()
         model, summary = train(cell, log=log, progress=progress, ckpt_dir=ckpt_dir)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)
         _, budget = cell.size_budget
+        t0 = time.perf_counter()
         results = evaluate(model, task, cell.eval_lengths(), budget.eval_samples, cell.seed,
                            torch.device(cell.device), budget.eval_tokens)
+        # CPU seconds of this process (every thread) for training and evaluation: on the CPU,
+        # what a cell costs whatever else the machine runs
+        log.metrics({"eval_seconds": time.perf_counter() - t0,
+                     "cpu_seconds": time.process_time() - cpu0}, step=0)
         for length, res in results.items():
             diag = res.pop("diagnostics", {})
             scalars = {k: v for k, v in diag.items() if not k.endswith("_heads")}

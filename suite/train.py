@@ -1,11 +1,13 @@
 """Training one cell: (attention, task, seed) under a profile.
 
-AdamW (0.9, 0.99, no weight decay), linear warmup then cosine decay to 0, gradient clipping
+AdamW (0.9, 0.99, no weight decay), linear warmup then cosine decay to 0 (after a hold at the
+peak rate where the profile asks for one), gradient clipping
 at 1.0, bf16 autocast on CUDA, cross-entropy on the target tokens only. Training lengths are
 drawn per row from the task's training range. Every ``val_every`` steps the model is validated
 at ``val_multiple`` x the training length (the paper's out-of-distribution checkpoint
-selection); the best and the last checkpoints are kept, and an interrupted cell resumes from
-its last checkpoint. On CPU a seed gives the same run bit for bit.
+selection; of equal scores the later checkpoint); the best and the last checkpoints are kept,
+and an interrupted cell resumes from its last checkpoint. On CPU a seed gives the same run bit
+for bit on one machine (``suite.cpu`` pins what makes machines differ).
 """
 
 from __future__ import annotations
@@ -106,10 +108,14 @@ def build_model(cell: Cell) -> Decoder:
 
 
 def lr_at(step: int, budget: Budget) -> float:
-    """Linear warmup to 1, then cosine to 0 (a multiplier of the peak learning rate)."""
+    """Linear warmup to 1, held at 1 for ``hold`` of the remaining steps, then cosine to 0 (a
+    multiplier of the peak learning rate)."""
     if step < budget.warmup:
         return (step + 1) / budget.warmup
-    progress = (step - budget.warmup) / max(1, budget.steps - budget.warmup)
+    start = budget.warmup + int(budget.hold * (budget.steps - budget.warmup))
+    if step < start:
+        return 1.0
+    progress = (step - start) / max(1, budget.steps - start)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -204,7 +210,11 @@ def train(cell: Cell, log=None, progress: bool = True, ckpt_dir: Path | None = N
                                budget.eval_tokens, diagnostics=False, purpose=1)[val_len]
                 score = _val_score(val)
                 record({f"val_{k}": v for k, v in val.items()}, done)
-                if score > best["score"]:
+                # ties go to the later checkpoint: once validation saturates (exact match 100%
+                # at 8x on flip-flop), the earliest of equal scores is the model just out of
+                # its loss plateau, and which checkpoint reaches the top first then hangs on
+                # the last bits of the arithmetic (another machine, another pick)
+                if score >= best["score"]:
                     best = {"score": score, "step": done}
                     _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": done,
                                                  "config_hash": cell.config_hash})

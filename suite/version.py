@@ -1,3 +1,3 @@
 """The suite's version, in every config hash and run."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

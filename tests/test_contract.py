@@ -197,6 +197,26 @@ def test_gradients_match_float64_reference(spec, backend, device):
         assert rel(got, want) < 1e-8
 
 
+@pytest.mark.parametrize("spec,backend,device", [c for c in CASES if c.values[2] == "cpu"])
+def test_float32_training_shapes_with_alibi_and_gradients(spec, backend, device):
+    """The path a CPU training step takes (float32, causal, NAPE's ALiBi, T = 67: the torch
+    backend's one-call SDPA with a float mask, the numba backend's short kernels) against the
+    float64 reference, outputs and gradients."""
+    attn = make(spec, backend, device, torch.float32)
+    q, k, v, x = (t.requires_grad_() for t in inputs(2, 67, device, torch.float32))
+    bias = Alibi(nape_slopes(H))
+    y = attn(q, k, v, x=x, causal=True, bias=bias)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad((y * g).sum(), (q, k, v))
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (q, k, v))
+    f = ref_factor(attn, 67, x)
+    yr = R.attention(qr * f[..., None], kr, vr, attn.normalizer(), causal=True, bias=bias)[0]
+    ref = torch.autograd.grad((yr * g.double()).sum(), (qr, kr, vr))
+    assert rel(y, yr) < 2e-5
+    for got, want in zip(grads, ref):
+        assert rel(got, want) < 1e-4
+
+
 @pytest.mark.parametrize("spec,backend,device", CASES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_gradcheck_float64(spec, backend, device, causal):

@@ -246,6 +246,56 @@ def test_round_trip_sweep_then_leaderboard(store, tmp_path, capsys):
                 abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-12)
         assert row["seeds"] == "2" and float(row["multiple"]) == int(row["length"]) / 64
     check_leaderboard_run(store, tmp_path)
+    check_readme_section(store, tmp_path, capsys)
+
+
+def check_readme_section(store, tmp_path, capsys):
+    """`suite leaderboard --write-readme` puts the store's numbers, commit and machine between
+    the README's markers and leaves the rest of the file as it was."""
+    from results import readme
+    from results.gitinfo import git_state
+
+    path = tmp_path / "README.md"
+    path.write_text(f"# title\n\nbefore\n{readme.BEGIN}\nold table\n{readme.END}\nafter\n")
+    capsys.readouterr()
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--format", "markdown",
+                 "--write-readme", str(path)]) == 0
+    printed = capsys.readouterr().out
+    text = path.read_text()
+    head, section = text.split(readme.BEGIN)
+    section, tail = section.split(readme.END)
+    assert head == "# title\n\nbefore\n" and tail == "\nafter\n"
+    assert "old table" not in section and section.strip() in printed
+    assert git_state()["git_commit"][:7] in section and "seeds 0, 1" in section
+    run = runs(store)[0]
+    assert run.data.tags["suite.device"] in section
+    assert f"MKL_CBWR={run.data.tags['suite.mkl_cbwr']}" in section
+    tab = lb.table(lb.select(lb.records(Tracker(store)))[0])
+    for row in tab.iter_rows(named=True):  # every mean and std of the table, as printed
+        cell = f"{row['exact_match_mean']:.1f}"
+        assert f"| {row['attention']} |" in section
+        assert cell in section and f"± {row['exact_match_std']:.1f}" in section
+    assert "Ranked by the mean at 128 (2x the training length): " in section
+    path.write_text("no markers\n")
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--write-readme",
+                 str(path)]) == 2
+    assert "has no section to write into" in capsys.readouterr().err
+    assert path.read_text() == "no markers\n"
+
+
+def test_readme_table_and_ranking():
+    from results import readme
+
+    tab = lb.table(lb.select(fixed_records(), "quick")[0])
+    part = tab.filter(pl.col("task") == "flip_flop")
+    assert readme._table(part) == [
+        "exact match % [token accuracy %], teacher forced: mean ± std over 2 seeds; **bold**: "
+        "best mean per column", "",
+        "| attention | 64 (1x) | 256 (4x) |", "|---|---:|---:|",
+        "| entmax | 95.0 ± 7.1 [97.5] | **70.0** ± 14.1 [85.0] |",
+        "| softmax | **100.0** ± 0.0 [100.0] | 40.0 ± 14.1 [70.0] |"]
+    assert readme._ranking(part) == ("Ranked by the mean at 256 (4x the training length): "
+                                     "entmax 70.0 ± 14.1, softmax 40.0 ± 14.1.")
 
 
 def logged_metrics(uri) -> dict:

@@ -271,3 +271,44 @@ def test_default_variants_are_the_builtins_not_the_plugins(tmp_path):
     shipped = [n for n in attentions.names()
                if attentions.get(n).__module__.startswith("attentions.")]
     assert [c.attention for c in cells] == shipped and len(shipped) >= 6
+
+
+def _logged(path) -> dict[str, dict[str, float]]:
+    """The last value of every metric of every finished run in an offline log (timing metrics
+    aside), by attention."""
+    from results.offline import read
+
+    timing = {"train_seconds", "tokens_per_s", "eval_seconds", "cpu_seconds"}
+    names, values, done = {}, {}, set()
+    for rec in read(path):
+        if rec["event"] == "start":
+            names[rec["run"]] = rec["tags"]["suite.attention"]
+            values[rec["run"]] = {}
+        elif rec["event"] == "metrics":
+            values[rec["run"]].update({k: v for k, v in rec["values"].items() if k not in timing})
+        elif rec["event"] == "end" and rec["status"] == "FINISHED":
+            done.add(rec["run"])
+    return {names[r]: values[r] for r in done}
+
+
+def test_the_main_jobs_path_repeats_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """Two cells run twice, each time side by side in worker processes as the main job runs
+    them (pinned CPU numerics, one torch thread each): training, the out-of-distribution
+    checkpoint selection, and evaluation up to 512 tokens (the numba backend's short kernels
+    and its block path) give the same metrics, digit for digit."""
+    got = []
+    for n in range(2):
+        home = tmp_path / f"run{n}"
+        home.mkdir()
+        monkeypatch.chdir(home)
+        log = home / "runs.jsonl"
+        assert main(["run", "--profile", "smoke", "--attention", "entmax", "--attention",
+                     "softmax", "--max-eval-length", "512", "--jobs", "2", "--tracking-uri",
+                     f"jsonl:{log}", "--no-progress"]) == 0
+        assert "2 worker processes, 1 torch thread(s) each" in capsys.readouterr().out
+        got.append(_logged(log))
+    first, second = got
+    assert set(first) == {"entmax", "softmax"}
+    for att, values in first.items():
+        assert "exact_match_L512" in values and "best_step" in values
+        assert values == second[att], att

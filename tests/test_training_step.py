@@ -142,3 +142,16 @@ def test_compiled_model_has_no_graph_break(attention):
     b.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.requires_grad)
+
+
+def test_learning_rate_warms_up_holds_then_decays():
+    from suite.profiles import Budget
+
+    plain = Budget(steps=100, warmup=10, lr=1e-3, batch_size=2, val_every=10)
+    held = Budget(steps=100, warmup=10, lr=1e-3, batch_size=2, val_every=10, hold=0.5)
+    assert lr_at(0, held) == 0.1 and lr_at(9, held) == 1.0
+    assert [lr_at(s, held) for s in (10, 30, 54)] == [1.0, 1.0, 1.0]  # 10 + 0.5 * 90 = 55
+    assert lr_at(55, held) == 1.0 and 0 < lr_at(56, held) < 1.0
+    assert lr_at(99, held) < 0.01 and lr_at(100, held) == 0.0
+    assert lr_at(55, plain) < lr_at(55, held)  # without a hold the cosine starts at warmup
+    assert lr_at(10, plain) == 1.0 and 0 < lr_at(11, plain) < 1.0

@@ -1,4 +1,5 @@
-"""The numba backend: fused sparse alpha-entmax attention on CPU (and softmax beside it).
+"""The numba backend: fused sparse alpha-entmax attention on CPU (and softmax and top-k softmax
+beside it).
 
 Work is cut into items (batch*head, block of C query rows), dealt to ``torch.get_num_threads()``
 worker threads. Per item: the scores z = sm_scale q k^T of the keys the block may see are
@@ -39,6 +40,9 @@ CHUNK_ELEMS = 1 << 22
 MAX_ROWS = 128
 #: keys per block of the block maxima that let the kernels skip blocks without support
 BLK = 32
+#: most keys of the rows that the short kernels take whole (entmax family, no dense bias):
+#: scores, threshold and sums of a head in one numba call, no matmul handed over per block
+SHORT_KEYS = 256
 
 
 def usable() -> bool:
@@ -46,7 +50,7 @@ def usable() -> bool:
 
 
 #: the normalizer kinds the kernels compute (an allow-list: any other goes elsewhere)
-KINDS = frozenset({"softmax", "entmax"})
+KINDS = frozenset({"softmax", "entmax", "topk"})
 
 
 def supports(norm: Normalizer, device, bias=None) -> bool:
@@ -57,11 +61,15 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
     return bias is None or isinstance(bias, (Alibi, torch.Tensor))
 
 
-#: fewest keys at which ``auto`` takes the numba kernels over the torch backend. Below, the
-#: per-call cost of the thread pool outweighs the kernels (training shapes of the quick
-#: profile, T ~ 64: torch 15-27 ms vs numba 20-29 ms per forward+backward for entmax, 7 vs
-#: 40 ms for softmax with ALiBi); from these lengths on numba wins by 3-25x (2-core EPYC).
-MIN_KEYS = {"entmax": 128, "softmax": 512}
+#: fewest keys at which ``auto`` takes the numba kernels over the torch backend. The entmax
+#: family at every length: at training shapes of the quick profile (B=32, H=4, T=67, D=16, one
+#: thread) the short kernels take 8.6 ms per forward+backward for alpha=1.5 and 5.7 for
+#: sparsemax, the torch backend 62 and 46 (2-core EPYC, Zen 3). Softmax and top-k under a bias
+#: from 256 keys on: below, the torch backend's one SDPA call with a float mask is faster (6 ms
+#: against 22 for its chunked loop at those shapes; evaluating 100 flip-flop samples at 128
+#: tokens: 0.1 s against 0.5 for numba softmax, 0.5 against 1.4 for top-k), from 256 on numba
+#: (1.1 against 1.6 s, 1.4 against 2.5) and then by 3-25x.
+MIN_KEYS = {"entmax": 0, "softmax": 256, "topk": 256}
 
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
@@ -82,6 +90,8 @@ def _kernels():
 def _kind(norm: Normalizer) -> int:
     if norm.kind == "softmax":
         return 0
+    if norm.kind == "topk":
+        return 4
     return {2.0: 1, 1.5: 2}.get(float(norm.alpha), 3)
 
 
@@ -102,6 +112,7 @@ class _Ctx:
         self.causal = bool(causal)
         self.kind = _kind(norm)
         self.alpha = float(norm.alpha) if norm.kind == "entmax" else 1.0
+        self.k = int(norm.k) if norm.kind == "topk" else 0
         self.scale = float(sm_scale)
         self.rows = chunk_rows(S, T)
         self.dense = bias if isinstance(bias, torch.Tensor) else None
@@ -205,6 +216,63 @@ def _items(c) -> list:
     return [(bh, i0) for i0 in range(0, c.T, c.rows) for bh in range(c.B * c.H)]
 
 
+def _exp_kind(c) -> bool:
+    """softmax or top-k softmax: exp and sums in torch (after the top-k cut)."""
+    return c.kind in (0, 4)
+
+
+def _short(c) -> bool:
+    """Whether a call runs on the short kernels: entmax family, no dense bias, short rows."""
+    return not _exp_kind(c) and c.dense is None and c.S <= SHORT_KEYS
+
+
+def _head_ranges(BH: int) -> list[tuple[int, int]]:
+    """Whole heads per worker thread, in contiguous ranges (the bits do not depend on them)."""
+    W = _workers(BH)
+    cuts = [BH * w // W for w in range(W + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _short_forward(c, qc, kc, vc, cdt):
+    K = _kernels()
+    BH, T, Dv = qc.shape[0], c.T, vc.shape[2]
+    kt = kc.transpose(1, 2).contiguous()  # (BH, D, S)
+    out = torch.zeros(BH, T, Dv, dtype=cdt)
+    m = torch.zeros(BH, T, dtype=torch.float64)
+    t = torch.zeros(BH, T, dtype=torch.float64)
+    slopes = np.asarray(c.slopes, np.float64)
+    args = (qc.numpy(), kt.numpy(), vc.numpy(), slopes, c.off, c.causal, c.kind, c.alpha,
+            c.scale, out.numpy(), m.numpy(), t.numpy())
+
+    def job(a, b):
+        z = np.empty(c.S, qc.numpy().dtype)
+        cx, ci = np.empty(c.S, np.float64), np.empty(c.S, np.int32)
+        K.short_fwd(*args, a, b, z, cx, ci, np.empty(Dv + 1, z.dtype))
+
+    _run([lambda a=a, b=b: job(a, b) for a, b in _head_ranges(BH)])
+    return out, m, t
+
+
+def _short_backward(c, qc, kc, vc, m, t, do):
+    K = _kernels()
+    D = qc.shape[2]
+    dq, dk, dv = torch.zeros_like(qc), torch.zeros_like(kc), torch.zeros_like(vc)
+    kt = kc.transpose(1, 2).contiguous()
+    slopes = np.asarray(c.slopes, np.float64)
+    args = (qc.numpy(), kc.numpy(), kt.numpy(), vc.numpy(), do.numpy(), slopes, c.off,
+            c.causal, c.kind, c.alpha, c.scale, m.numpy(), t.numpy(), dq.numpy(), dk.numpy(),
+            dv.numpy())
+
+    def job(a, b):
+        z = np.empty(c.S, qc.numpy().dtype)
+        sx, sp, sg = (np.empty(c.S, np.float64) for _ in range(3))
+        K.short_bwd(*args, a, b, z, sx, sp, sg, np.empty(c.S, np.int32),
+                    np.empty(D + 2, z.dtype))
+
+    _run([lambda a=a, b=b: job(a, b) for a, b in _head_ranges(qc.shape[0])])
+    return dq, dk.mul_(c.scale), dv
+
+
 class NumbaAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, norm, causal, bias, sm_scale):
@@ -212,14 +280,20 @@ class NumbaAttention(torch.autograd.Function):
         c = _Ctx(q, k, norm, causal, bias, sm_scale)
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc, kc, vc = _flat(q, cdt), _flat(k, cdt), _flat(v, cdt)
+        if _short(c):
+            out, m, t = _short_forward(c, qc, kc, vc, cdt)
+            ctx.c = c
+            ctx.save_for_backward(qc, kc, vc, m, t)
+            return out.reshape(c.B, c.H, c.T, vc.shape[2]).to(q.dtype)
         BH, T, Dv = qc.shape[0], c.T, vc.shape[2]
         out = torch.zeros(BH, T, Dv, dtype=cdt)
         m = torch.zeros(BH, T, dtype=torch.float64)  # row max
         t = torch.zeros(BH, T, dtype=torch.float64)  # tau (entmax), log-sum (softmax)
+        cut = torch.full((BH, T), -np.inf, dtype=torch.float64)  # top-k: the row's cut
         vn, on, mn, tn = vc.numpy(), out.numpy(), m.numpy(), t.numpy()
         items = _items(c)
         W = _workers(len(items))
-        softmax = c.kind == 0
+        softmax = _exp_kind(c)
 
         def job(w):
             buf = torch.empty(c.rows * c.pad, dtype=cdt)
@@ -228,9 +302,12 @@ class NumbaAttention(torch.autograd.Function):
             acc = np.empty(Dv + 1, on.dtype)
             for bh, i0 in items[w::W]:
                 i1 = min(T, i0 + c.rows)
-                z, sv, mx, bmax = c.scores(qc, kc, bh, i0, i1, cdt, buf, blocks=not softmax)
+                z, sv, mx, bmax = c.scores(qc, kc, bh, i0, i1, cdt, buf, blocks=c.kind != 0)
                 if sv == 0:
                     continue
+                if c.kind == 4:
+                    K.kth_largest(z.numpy(), bmax.numpy(), c.k, cut.numpy()[bh, i0:i1], cx)
+                    z.masked_fill_(z < cut[bh, i0:i1, None].to(cdt), float("-inf"))
                 if softmax:  # torch's exp vectorizes, numba's does not
                     live = torch.isfinite(mx)
                     mx = torch.where(live, mx, torch.zeros_like(mx))
@@ -246,17 +323,22 @@ class NumbaAttention(torch.autograd.Function):
 
         _run([lambda w=w: job(w) for w in range(W)])
         ctx.c = c
-        ctx.save_for_backward(qc, kc, vc, m, t)
+        ctx.save_for_backward(qc, kc, vc, m, t, cut)
         return out.reshape(c.B, c.H, T, Dv).to(q.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         K = _kernels()
         c = ctx.c
-        qc, kc, vc, m, t = ctx.saved_tensors
+        qc, kc, vc, m, t, *cut = ctx.saved_tensors
         cdt = qc.dtype
         BH, T, S, D, Dv = qc.shape[0], c.T, c.S, qc.shape[2], vc.shape[2]
         do = dout.detach().to(cdt).reshape(BH, T, Dv).contiguous()
+        if _short(c):
+            dq, dk, dv = _short_backward(c, qc, kc, vc, m, t, do)
+            B, H = c.B, c.H
+            return (dq.reshape(B, H, T, D).to(dout.dtype), dk.reshape(B, H, S, D).to(dout.dtype),
+                    dv.reshape(B, H, S, Dv).to(dout.dtype), None, None, None, None)
         dq = torch.zeros_like(qc)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
@@ -269,7 +351,7 @@ class NumbaAttention(torch.autograd.Function):
             parts = [items[w::W] for w in range(W)]
             acc = [(dk, dv)] + [(torch.zeros_like(kc), torch.zeros_like(vc)) for _ in range(W - 1)]
         qn, kn, vn, don, mn, tn, dqn = (x.numpy() for x in (qc, kc, vc, do, m, t, dq))
-        softmax = c.kind == 0
+        softmax = _exp_kind(c)
         mt = (m + t).to(cdt)  # softmax: p = exp(z - m - log l)
 
         def job(w):
@@ -290,6 +372,8 @@ class NumbaAttention(torch.autograd.Function):
                 if softmax:
                     C = i1 - i0
                     z = z[:, :sv]
+                    if c.kind == 4:  # the forward's cut (the same scores, so the same keys)
+                        z.masked_fill_(z < cut[0][bh, i0:i1, None].to(cdt), float("-inf"))
                     g = torch.mm(do[bh, i0:i1], vc[bh, :sv].t(),
                                  out=gbuf[: C * sv].view(C, sv))  # dp (C, Sv)
                     z.sub_(mt[bh, i0:i1, None]).exp_()  # p; masked: exp(-inf) = 0

@@ -13,9 +13,13 @@ each of its worker threads, after torch computed that block's scores z (C, Sv) w
   dp_j = dout_i . v_j, dz_j = s_j (dp_j - <s, dp>/sum s); dq, dk, dv over the support only
   (a thread owns whole heads, or private dk, dv).
 
+- ``short_fwd`` / ``short_bwd``: the same for rows short enough (training lengths) that a head's
+  scores are computed here, row by row, instead of handed over from a matmul per block.
+
 Kinds: 1 sparsemax (alpha = 2), 2 entmax alpha = 1.5, 3 entmax, other alpha (softmax stays
-in torch: its exp vectorizes there). Scalars and sums are float64 (the row data may be
-float32). No (T, S) buffer: the caller's score block is the only large array.
+in torch: its exp vectorizes there); for top-k softmax (4) ``kth_largest`` finds each row's
+cut. Scalars and sums are float64 (the row data may be float32). No (T, S) buffer: the
+caller's score block is the only large array.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from numba import njit
 # fast-math without nnan/ninf: masked scores and dense biases may hold -inf
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-SOFTMAX, SPARSEMAX, ENT15, ENTGEN = 0, 1, 2, 3
+SOFTMAX, SPARSEMAX, ENT15, ENTGEN, TOPK = 0, 1, 2, 3, 4
 
 
 @njit(fastmath=FM, cache=True, inline="always")
@@ -363,3 +367,222 @@ def entmax_bwd(z, bmax, q, k, v, dout, mst, tst, dq, dk, dv, i0, kind, alpha, sc
                 dvr[e] += pz * do[e]
         for e in range(D):
             dq[i, e] = dqa[e] * scale
+
+
+# ---------------------------------------------------------------- short rows, whole heads
+
+@njit(fastmath=FM, cache=True, inline="always")
+def _row_scores(q, kt, bh, i, sv, scale, slope, ipos, z):
+    """z[:sv] = scale q_i . k_j - slope |ipos - j| for the keys j < sv of head bh; returns the
+    row max. kt (BH, D, S) holds the keys transposed: the sum over d runs in a fixed order for
+    every key (lanes are keys), so the bits do not depend on the vector width."""
+    D = kt.shape[1]
+    qr = q[bh, i]
+    for j in range(sv):
+        z[j] = 0.0
+    for d in range(D):
+        qd = qr[d]
+        kr = kt[bh, d]
+        for j in range(sv):
+            z[j] += qd * kr[j]
+    m = -np.inf
+    for j in range(sv):
+        zj = z[j] * scale - slope * abs(ipos - j)
+        z[j] = zj
+        m = max(m, z[j])
+    return m
+
+
+@njit(fastmath=FM, cache=True, nogil=True)
+def short_fwd(q, kt, v, slopes, off, causal, kind, alpha, scale, out, mst, tst, bh0, bh1, z,
+              cx, ci, acc):
+    """alpha-entmax attention of heads bh0:bh1, every query row whole: q (BH, T, D), kt
+    (BH, D, S) the keys transposed, v (BH, S, Dv), slopes (H,) ALiBi slopes of head bh % H
+    (0: none); queries aligned to the end of the keys (``off`` = S - T). Writes out (BH, T, Dv)
+    and the row statistics m, tau (BH, T). Scratch: z (S,) in the inputs' dtype, cx, ci (S,),
+    acc (Dv + 1,). For rows short enough that the scores of a row are cheaper to compute here
+    than to hand over from a matmul (training lengths)."""
+    T = q.shape[1]
+    S = kt.shape[2]
+    Dv = v.shape[2]
+    H = slopes.shape[0]
+    a1 = alpha - 1.0
+    r = 1.0 / a1
+    ri = _int_exp(r)
+    for bh in range(bh0, bh1):
+        slope = slopes[bh % H]
+        for i in range(T):
+            sv = min(S, i + off + 1) if causal else S
+            if sv <= 0:
+                mst[bh, i] = 0.0
+                tst[bh, i] = 0.0
+                out[bh, i, :] = 0.0
+                continue
+            m = _row_scores(q, kt, bh, i, sv, scale, slope, i + off, z)
+            nc = 0
+            for j in range(sv):  # branch-free gather of the candidates x > -1
+                x = (z[j] - m) * a1
+                cx[nc] = x
+                ci[nc] = j
+                nc += 1 if x > -1.0 else 0
+            tau, nc = _tau(cx, ci, nc, kind, alpha, -1.0)
+            acc[:] = 0.0
+            den = 0.0
+            for jj in range(nc):
+                d = cx[jj] - tau
+                if d > 0.0:
+                    p = _p(d, kind, r, ri)
+                    den += p
+                    acc[Dv] = p
+                    pz = acc[Dv]
+                    vr = v[bh, ci[jj]]
+                    for e in range(Dv):
+                        acc[e] += pz * vr[e]
+            sc = 1.0 / den if (kind == ENTGEN and den > 0.0) else 1.0
+            for e in range(Dv):
+                out[bh, i, e] = acc[e] * sc
+            mst[bh, i] = m
+            tst[bh, i] = tau
+
+
+@njit(fastmath=FM, cache=True, nogil=True)
+def short_bwd(q, k, kt, v, dout, slopes, off, causal, kind, alpha, scale, mst, tst, dq, dk, dv,
+              bh0, bh1, z, sx, sp, sg, si, dqa):
+    """Backward of ``short_fwd`` for heads bh0:bh1 (a thread owns whole heads), k (BH, S, D)
+    and kt its transpose: the scores recomputed as there, the support from the saved (m, tau);
+    writes dq (BH, T, D) (times ``scale``), accumulates dk (BH, S, D) (unscaled: the caller
+    multiplies by sm_scale) and dv (BH, S, Dv) over the support only. Scratch: z (S,) in the
+    inputs' dtype, sx, sp, sg (S,) float64, si (S,) int32, dqa (D + 2,) in the inputs' dtype."""
+    T = q.shape[1]
+    D = q.shape[2]
+    S = kt.shape[2]
+    Dv = v.shape[2]
+    H = slopes.shape[0]
+    a1 = alpha - 1.0
+    r = 1.0 / a1
+    ri = _int_exp(r)
+    es = r * (2.0 - alpha)
+    ris = _int_exp(es)
+    dqa[0] = 0.0
+    zero = dqa[0]
+    for bh in range(bh0, bh1):
+        slope = slopes[bh % H]
+        for i in range(T):
+            sv = min(S, i + off + 1) if causal else S
+            if sv <= 0:
+                continue
+            _row_scores(q, kt, bh, i, sv, scale, slope, i + off, z)
+            m = mst[bh, i]
+            tau = tst[bh, i]
+            ns = 0
+            for j in range(sv):  # branch-free gather of the support
+                d = (z[j] - m) * a1 - tau
+                sx[ns] = d
+                si[ns] = j
+                ns += 1 if d > 0.0 else 0
+            den = 0.0
+            for jj in range(ns):
+                p = _p(sx[jj], kind, r, ri)
+                sp[jj] = p
+                den += p
+            if kind == ENTGEN and den > 0.0:
+                for jj in range(ns):
+                    sp[jj] /= den
+            cs = math.pow(den, alpha - 2.0) if (kind == ENTGEN and den > 0.0) else 1.0
+            do = dout[bh, i]
+            ssum = 0.0
+            sdot = 0.0
+            for jj in range(ns):
+                if kind == SPARSEMAX:
+                    s = 1.0
+                elif kind == ENT15:
+                    s = sx[jj]
+                else:
+                    s = _pos_pow(sx[jj], es, ris) * cs
+                sx[jj] = s
+                vr = v[bh, si[jj]]
+                g = zero
+                for e in range(Dv):
+                    g += do[e] * vr[e]
+                sg[jj] = g
+                ssum += s
+                sdot += s * g
+            mean = sdot / ssum if ssum > 0.0 else 0.0
+            dqa[:] = 0.0
+            qr = q[bh, i]
+            for jj in range(ns):
+                j = si[jj]
+                dqa[D] = sx[jj] * (sg[jj] - mean)
+                dqa[D + 1] = sp[jj]
+                gz = dqa[D]
+                pz = dqa[D + 1]
+                kr = k[bh, j]
+                dkr = dk[bh, j]
+                for e in range(D):
+                    dqa[e] += gz * kr[e]
+                    dkr[e] += gz * qr[e]
+                dvr = dv[bh, j]
+                for e in range(Dv):
+                    dvr[e] += pz * do[e]
+            for e in range(D):
+                dq[bh, i, e] = dqa[e] * scale
+
+
+# ---------------------------------------------------------------- top-k: each row's cut
+
+
+@njit(fastmath=FM, cache=True, inline="always")
+def _select(a, n, k):
+    """The k-th largest of a[:n] (1 <= k <= n), by quickselect in place."""
+    lo = 0
+    hi = n - 1
+    want = k - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            return a[want]
+    return a[lo]
+
+
+@njit(fastmath=FM, cache=True, nogil=True)
+def kth_largest(z, bmax, k, thr, cx):
+    """Each row's k-th largest score (the cut of top-k softmax: the scores at or above it are
+    kept), -inf where a row sees at most k keys (all are kept). z (C, Sp) scores, -inf where
+    masked or padded; bmax (C, Sp // BLK) the key blocks' maxima; writes thr (C,). Scratch: cx
+    (Sp,) float64. The k-th largest block maximum is a lower bound of the cut (k distinct
+    scores reach it), so only the blocks whose maximum reaches it are searched."""
+    C, Sp = z.shape
+    nb = bmax.shape[1]
+    blk = Sp // nb
+    for c in range(C):
+        br = bmax[c]
+        zr = z[c]
+        nf = 0
+        for b in range(nb):
+            x = br[b]
+            cx[nf] = x
+            nf += 1 if x > -np.inf else 0
+        lo = _select(cx, nf, k) if nf >= k else -np.inf
+        n = 0
+        for b in range(nb):
+            if br[b] >= lo and br[b] > -np.inf:
+                for j in range(b * blk, b * blk + blk):
+                    x = zr[j]
+                    cx[n] = x
+                    n += 1 if (x >= lo and x > -np.inf) else 0
+        thr[c] = _select(cx, n, k) if n >= k else -np.inf

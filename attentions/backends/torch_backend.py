@@ -27,6 +27,10 @@ NAME = "torch"
 
 #: elements of the score chunk, per device type (override: SUITE_TORCH_CHUNK_ELEMS)
 CHUNK_ELEMS = {"cuda": 1 << 27, "cpu": 1 << 24}
+#: on CPU, float32 softmax and top-k with at most this many scores per head (T x S) run as one
+#: SDPA call with the bias, the causal mask and the top-k cut in a float mask (H x T x S):
+#: one fused kernel and its backward instead of the chunked loop (training lengths)
+SDPA_MASK_ELEMS = 1 << 16
 
 
 def usable() -> bool:
@@ -127,8 +131,33 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
     if isinstance(bias, torch.Tensor) and bias.requires_grad:
         raise ValueError("a learned dense bias is not supported; pass a constant bias or Alibi")
+    T, S = q.shape[2], k.shape[2]
     if norm.kind == "softmax" and bias is None and q.dtype != torch.float64:
-        T, S = q.shape[2], k.shape[2]
         if not causal or T == S:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
+    if (q.device.type == "cpu" and q.dtype == torch.float32 and norm.kind in ("softmax", "topk")
+            and (bias is None or isinstance(bias, Alibi)) and T * S <= SDPA_MASK_ELEMS
+            and (not causal or T <= S)):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q, k, norm, causal, bias,
+                                                                       sm_scale), scale=sm_scale)
     return ChunkedAttention.apply(q, k, v, norm, causal, bias, sm_scale)
+
+
+@torch.no_grad()
+def _mask(q, k, norm, causal, bias, sm_scale) -> torch.Tensor:
+    """The float mask of ``attention``'s SDPA path: bias, -inf on future keys and, for top-k,
+    on the keys below each row's k-th largest score. (1 or B, H, T, S)."""
+    T, S = q.shape[2], k.shape[2]
+    off = S - T
+    mask = torch.zeros(1, 1, T, S, device=q.device, dtype=q.dtype)
+    if isinstance(bias, Alibi):
+        mask = mask + bias.tile(0, T, 0, S, off, q.device, q.dtype)
+    if causal:
+        future = torch.arange(S, device=q.device)[None, :] > torch.arange(T, device=q.device)[
+            :, None] + off  # (T, S)
+        mask = mask.masked_fill(future, float("-inf"))
+    if norm.kind == "topk":  # the cut of the chunked path (ties at the k-th score kept)
+        z, _ = _scores(q, k, 0, T, T, S, causal, bias, sm_scale, q.dtype)  # (B, H, T, S)
+        thr = z.topk(min(norm.k, S), dim=-1).values[..., -1:]
+        mask = torch.where(z >= thr, mask, float("-inf"))
+    return mask
