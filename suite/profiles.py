@@ -7,6 +7,10 @@
   plateau at this scale; they need the paper profile on a GPU.
 - ``paper``: the per-task configs of docs/paper.md, "The paper profile" (official code, batch
   128; steps = one epoch over the official training-set size), for GPUs.
+- ``repro``: the paper profile's models, batch and peak learning rates, cut to ``REPRO_STEPS``
+  steps per cell (warmup a tenth of them, out-of-distribution validation every twentieth):
+  the budget of the suite's reference runs on one GPU (results/published/). Each cell logs its
+  validation exact match against steps, the learning curve from which this budget is judged.
 """
 
 from __future__ import annotations
@@ -139,7 +143,26 @@ _PAPER = Profile(
     resources={"cpu": Resources(4), "cuda": Resources(2, 1.0)},
 )
 
-PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER)}
+#: steps of a ``repro`` cell: on sort (paper steps 312,500) 6.4% of the paper's training
+REPRO_STEPS = 20_000
+
+
+def _cut(size_budget: tuple[Size, Budget]) -> tuple[Size, Budget]:
+    size, b = size_budget
+    return size, dataclasses.replace(b, steps=REPRO_STEPS, warmup=REPRO_STEPS // 10,
+                                     val_every=REPRO_STEPS // 20, ckpt_every=REPRO_STEPS // 10)
+
+
+_REPRO = Profile(
+    "repro",
+    *_cut((_PAPER.size, _PAPER.budget)),
+    tasks=("mqmtar", "sort"),
+    per_task={task: _cut(sb) for task, sb in _PAPER.per_task.items()},
+    seeds=3,
+    resources=_PAPER.resources,
+)
+
+PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER, _REPRO)}
 
 
 def get(name: str) -> Profile:
