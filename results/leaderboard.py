@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 
 import polars as pl
 
-from tasks.metrics import COMPANION, METRICS
+from tasks.metrics import COMPANION, METRICS, score
 from tasks.metrics import headline as headline_of
 
 from . import schema
@@ -150,16 +150,6 @@ def table(recs: pl.DataFrame) -> pl.DataFrame:
 
 def csv_text(tab: pl.DataFrame) -> str:
     return tab.write_csv()
-
-
-def score(values: dict[int, float], train_length: int) -> float | None:
-    """The number a task's rows are ranked by: the mean of a metric over the lengths beyond
-    the training length (all lengths where none is beyond). Shared by the leaderboard (over
-    seed means) and each cell's run (its ``score`` metric)."""
-    beyond = [v for n, v in values.items() if n > train_length and v is not None]
-    if not beyond:
-        beyond = [v for v in values.values() if v is not None]
-    return sum(beyond) / len(beyond) if beyond else None
 
 
 def score_caption(metric: str, lengths: list[int], train_length: int) -> str:

@@ -155,9 +155,8 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error
     (KILLED on Ctrl-C): the run exists before anything that can fail. ``ckpt_dir``: the
     cell's checkpoint folder in its store's home (``suite.attempts``)."""
-    from results.leaderboard import score
     from results.schema import metric_key
-    from tasks.metrics import headline
+    from tasks.metrics import headline, score
 
     from .train import build_model
 

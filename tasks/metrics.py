@@ -122,3 +122,15 @@ class Meter:
     def result(self) -> dict[str, float]:
         """The metrics so far (accuracies in %)."""
         return {name: METRICS[name].value(self) for name in self.names}
+
+
+def score(values: Mapping[int, float | None], train_length: int) -> float | None:
+    """The number a task's rows are ranked by: the mean of a metric over the lengths beyond
+    the training length (all lengths where none is beyond). Shared by the leaderboard (over
+    seed means) and each cell's run (its ``score`` metric); here, not in the leaderboard, so
+    that a run on a machine without polars or MLflow (a GPU node writing an offline log)
+    computes it too."""
+    beyond = [v for n, v in values.items() if n > train_length and v is not None]
+    if not beyond:
+        beyond = [v for v in values.values() if v is not None]
+    return sum(beyond) / len(beyond) if beyond else None
