@@ -20,6 +20,11 @@ def add_leaderboard_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="text", choices=["text", "markdown"],
                         help="what to print: the terminal tables, or the README's markdown "
                         "section (how the runs were made, mean ± std over seeds, the ranking)")
+    parser.add_argument("--reference", nargs="*", default=None, metavar="LOG",
+                        help="rank the published reference runs of the same profile and "
+                        "tasks beside the store's, marked as references (default: the logs "
+                        "the suite ships in results/published/; or these offline logs or "
+                        "folders)")
     parser.add_argument("--write-readme", nargs="?", const="README.md", default=None,
                         metavar="PATH", help="put the markdown section between the markers "
                         "of PATH (default README.md)")
@@ -30,8 +35,15 @@ def leaderboard_cmd(args) -> int:
     with ``--format markdown`` / ``--write-readme``, the README's section too."""
     from .report import make
 
-    rep = make(args.tracking_uri, getattr(args, "profile", None), Path("results"),
-               log=not getattr(args, "no_log", False))
+    try:
+        rep = make(args.tracking_uri, getattr(args, "profile", None), Path("results"),
+                   log=not getattr(args, "no_log", False),
+                   reference=getattr(args, "reference", None))
+    except (FileNotFoundError, ValueError) as err:  # a --reference log that is not one
+        if getattr(args, "reference", None) is None:
+            raise
+        print(f"suite: error: {err}", file=sys.stderr)
+        return 2
     markdown = getattr(args, "format", "text") == "markdown"
     target = getattr(args, "write_readme", None)
     if markdown or target:
@@ -39,9 +51,10 @@ def leaderboard_cmd(args) -> int:
         from .tracking import Tracker
 
         try:
-            text = readme.section(Tracker(rep.uri), rep.profile)
+            text = readme.section(Tracker(rep.uri), rep.profile, rep.records,
+                                  rep.reference_runs)
             if target:
-                readme.write(Path(target), text)
+                readme.write(Path(target), text, rep.profile)
         except readme.ReadmeError as err:
             print(f"suite: error: {err}", file=sys.stderr)
             return 2

@@ -26,26 +26,64 @@ from . import schema
 
 BEGIN = "<!-- suite leaderboard --write-readme: begin (generated from the store; do not edit) -->"
 END = "<!-- suite leaderboard --write-readme: end -->"
+#: the profile whose section the plain markers hold (the main job's); another profile's section
+#: has markers that name it (``markers``)
+MAIN = "quick"
+
+#: exact match % of the paper's Table 1 (docs/paper.md, "Headline numbers"), by task, attention
+#: and multiple of the training length: what a task's section is set beside
+PAPER = {
+    "sort": {"softmax": {1: 100, 2: 0, 4: 0, 8: 0}, "topk": {1: 100, 2: 92.5, 4: 0, 8: 0},
+             "ssmax": {1: 100, 2: 0, 4: 0, 8: 0}, "entmax": {1: 100, 2: 99.3, 4: 57.8, 8: 0},
+             "asentmax": {1: 100, 2: 100, 4: 79.7, 8: 0}},
+    "reverse": {"softmax": {1: 100, 1.5: 36, 2: 0, 4: 0, 8: 0},
+                "entmax": {1: 100, 1.5: 100, 2: 93.5, 4: 28.5, 8: 2.5},
+                "asentmax": {1: 100, 1.5: 100, 2: 99.8, 4: 96.4, 8: 56.7}},
+    "copy": {"softmax": {1: 100, 2: 100, 4: 99.9, 8: 99.9, 16: 99.4, 32: 96.1, 64: 85.5},
+             "asentmax": {1: 100, 2: 100, 4: 99.9, 8: 99.7, 16: 99.4, 32: 96.3, 64: 86.6}},
+    "mqmtar": {
+        "softmax": {1: 100, 2: 100, 4: 100, 16: 99.5, 64: 97.8, 256: 80.2, 1024: 3.0},
+        "entmax": {1: 100, 2: 100, 4: 100, 16: 99.5, 64: 92.7, 256: 66.8, 1024: 9.3},
+        "asentmax": {1: 100, 2: 100, 4: 100, 16: 99.7, 64: 99.6, 256: 99.0, 1024: 95.3}},
+}
+
+
+def markers(profile: str | None) -> tuple[str, str]:
+    """The lines a profile's section lies between: the plain ones for the main job's profile,
+    else ones that name the profile."""
+    if profile in (None, MAIN):
+        return BEGIN, END
+    return (f"<!-- suite leaderboard --write-readme --profile {profile}: begin (generated from "
+            "the store; do not edit) -->",
+            f"<!-- suite leaderboard --write-readme --profile {profile}: end -->")
 
 
 class ReadmeError(RuntimeError):
     """The README has no section to write into, or the store has nothing to write."""
 
 
-def section(tracker, profile: str | None = None) -> str:
-    """The markdown section of the newest runs of ``profile`` (default: the newest run's)."""
-    recs, profile = lb.select(lb.records(tracker), profile)
+def section(tracker, profile: str | None = None, recs: pl.DataFrame | None = None,
+            reference_runs: dict | None = None) -> str:
+    """The markdown section of the newest runs of ``profile`` (default: the newest run's);
+    ``recs``: the records to write instead (the leaderboard's, reference rows included, whose
+    runs ``reference_runs`` holds by id)."""
+    if recs is None:
+        recs, profile = lb.select(lb.records(tracker), profile)
     if recs.is_empty():
         raise ReadmeError(f"the store {tracker.uri} holds no finished cell runs"
                           + (f" of profile {profile!r}" if profile else ""))
     ids = set(recs["run_id"].unique().to_list())
     runs = [r for r in tracker.search(tracker.experiment_ids(), lb.CELL_FILTER)
             if r.info.run_id in ids]
+    runs += [r for i, r in (reference_runs or {}).items() if i in ids]
     tab = lb.table(recs)
     out = []
     for (task,), part in tab.group_by("task", maintain_order=True):
         task_runs = [r for r in runs if r.data.tags.get(schema.tag("task")) == task]
         out += [_about(task, profile, task_runs), "", *_table(part), "", _ranking(part), ""]
+        paper = _versus_paper(task, part)
+        if paper:
+            out += [*paper, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -148,8 +186,48 @@ def _ranking(part: pl.DataFrame) -> str:
             + ", ".join(items) + ".")
 
 
-def write(path: Path, text: str) -> Path:
-    """Replace what lies between the markers of ``path`` with ``text`` (atomically)."""
+def _versus_paper(task: str, part: pl.DataFrame) -> list[str]:
+    """The paper's Table 1 at the lengths of the table, and at each length whether the order of
+    the attentions that both rank (by mean exact match) is the paper's."""
+    paper = PAPER.get(task)
+    if not paper or _metric(part) != "exact_match":
+        return []
+    ours = {(r["attention"], r["multiple"]): r["exact_match_mean"]
+            for r in part.iter_rows(named=True)}
+    mults = sorted({m for (_, m) in ours})
+    shared = [a for a in paper if any((a, m) in ours for m in mults)]
+    if not shared:
+        return []
+    lines = ["The paper's Table 1 (exact match %, the best of several seeds and learning rates "
+             "per cell, trained for the paper's full steps) at the same lengths:", "",
+             "| attention | " + " | ".join(f"{m:g}x" for m in mults) + " |",
+             "|---|" + "---:|" * len(mults)]
+    for a in shared:
+        lines.append(f"| {a} (paper) | " + " | ".join(
+            f"{paper[a][m]:g}" if m in paper[a] else "-" for m in mults) + " |")
+    verdicts = []
+    for m in mults:
+        both = [a for a in shared if m in paper[a] and (a, m) in ours]
+        if len(both) < 2:
+            continue
+        pairs = [(a, b) for i, a in enumerate(both) for b in both[i + 1:]
+                 if paper[a][m] != paper[b][m]]
+        if not pairs:
+            continue
+        kept = [(a, b) for a, b in pairs
+                if (paper[a][m] > paper[b][m]) == (ours[(a, m)] > ours[(b, m)])]
+        verdicts.append(f"{m:g}x: " + ("holds" if len(kept) == len(pairs) else
+                                       f"{len(kept)} of {len(pairs)} pairs"))
+    if verdicts:
+        lines += ["", "The paper's order (by mean, on the pairs the paper separates): "
+                  + "; ".join(verdicts) + "."]
+    return lines
+
+
+def write(path: Path, text: str, profile: str | None = None) -> Path:
+    """Replace what lies between ``profile``'s markers in ``path`` with ``text``
+    (atomically)."""
+    BEGIN, END = markers(profile)  # noqa: N806
     path = Path(path)
     try:
         old = path.read_text()

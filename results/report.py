@@ -40,22 +40,45 @@ class Report:
     files: list[Path]
     run_id: str | None = None
     experiment_id: str | None = None
+    records: pl.DataFrame | None = None  # the ranked runs' records, references included
+    reference_runs: dict | None = None  # the reference runs by id (``results.reference``)
 
 
 def make(tracking_uri: str | None = None, profile: str | None = None,
-         out_dir: Path = Path("results"), log: bool = True) -> Report:
+         out_dir: Path = Path("results"), log: bool = True,
+         reference: list[str] | None = None) -> Report:
+    """``reference``: None for the store's runs alone; else offline logs (``[]``: the ones the
+    suite ships, ``results.reference``) whose runs of the same profile and tasks are ranked
+    beside the store's, labelled as references."""
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri)
     every = lb.records(tracker)
+    refs, ref_runs = None, {}
+    if reference is not None:
+        from . import reference as ref
+
+        refs, ref_runs = ref.load(ref.paths(reference))
+        if every.is_empty() and profile is None and not refs.is_empty():
+            profile = refs.sort("start")["profile"][-1]  # nothing of one's own: the newest
     recs, profile = lb.select(every, profile)
+    note = ""
+    if refs is not None:
+        tasks = None if recs.is_empty() else recs["task"].unique().to_list()
+        extra = ref.rows_for(refs, profile, tasks)
+        if extra.is_empty():
+            note = (f"\n(no reference runs of profile {profile!r}"
+                    + (f" for {', '.join(sorted(tasks))}" if tasks else "")
+                    + f"; the reference logs hold {ref.profiles(refs)})")
+        recs = pl.concat([recs, extra.select(recs.columns)]) if not recs.is_empty() else extra
     tab, speed = lb.table(recs), sp.records(tracker)
-    text = lb.render(tab, speed)
+    text = lb.render(tab, speed) + note
     if tab.is_empty() and not every.is_empty():
         held = ", ".join(sorted(every["profile"].unique().to_list()))
         text = (f"the store holds no finished runs of profile {profile!r} (it holds runs of: "
                 f"{held}); pass --profile with one of those")
-    rep = Report(tracker.uri, profile, tab, speed, text, [])
+    rep = Report(tracker.uri, profile, tab, speed, text, [], records=recs,
+                 reference_runs=ref_runs)
     if tab.is_empty() and speed.is_empty():
         return rep
     rep.files = write(tab, speed, lb.about(recs, profile), Path(out_dir),

@@ -1,0 +1,118 @@
+"""Reference rows: published offline logs ranked beside a user's own cells of the same task and
+profile (`suite leaderboard --reference`), marked as references; and the logs the suite ships."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import polars as pl
+import pytest
+
+from results import leaderboard as lb
+from results import reference as ref
+from suite.cli import main
+
+from .test_plugin_bias import readme_plugin
+
+
+@pytest.fixture
+def published(store, tmp_path):
+    """A small published log: softmax and entmax, smoke profile, 2 seeds, trained on CPU."""
+    log = tmp_path / "published" / "cpu-smoke.jsonl"
+    assert main(["run", "--profile", "smoke", "--attention", "softmax", "--attention", "entmax",
+                 "--seeds", "2", "--tracking-uri", f"jsonl:{log}", "--no-progress"]) == 0
+    return log
+
+
+def test_own_variant_ranked_beside_reference_rows(store, published, tmp_path, capsys):
+    plugin = tmp_path / "my_attention.py"
+    plugin.write_text(readme_plugin())
+    assert main(["run", "--profile", "smoke", "--plugin", str(plugin), "--attention",
+                 "relu_attn:power=2", "--tracking-uri", store, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log"]) == 0
+    assert "reference" not in capsys.readouterr().out  # only when asked for
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--reference",
+                 str(published.parent)]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results/leaderboard.csv").read_text())))
+    labels = {r["attention"] for r in rows}
+    refs = sorted(a for a in labels if "(reference: " in a)
+    assert [a.split(" (")[0] for a in refs] == ["entmax", "softmax"]
+    assert "relu_attn:power=2" in labels and len(labels) == 3
+    for label in refs:  # where it came from: the card (here the CPU), the day, the commit
+        assert "cpu: " in label and ", 20" in label and label in out
+    # the reference numbers are the log's: the mean over its two seeds, per length
+    logged = _final_metrics(published)
+    for row in rows:
+        if row["attention"] in refs:
+            att = row["attention"].split(" (")[0]
+            values = [logged[(att, s)][f"exact_match_L{row['length']}"] for s in (0, 1)]
+            assert row["seeds"] == "2"
+            assert float(row["exact_match_mean"]) == pytest.approx(sum(values) / 2, abs=1e-9)
+    # one ranking holds all three rows
+    tab = lb.table(_recs(store, published))
+    order = [a for a, *_ in lb.ranking(tab.filter(pl.col("task") == "flip_flop"))]
+    assert sorted(order) == sorted(labels)
+
+
+def test_reference_of_another_profile_is_not_shown(store, published, capsys):
+    assert main(["run", "--profile", "smoke", "--attention", "sparsemax", "--steps", "6",
+                 "--tracking-uri", store, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--profile", "quick",
+                 "--reference", str(published)]) == 0
+    out = capsys.readouterr().out
+    assert "(reference: " not in out
+
+
+def test_reference_alone_and_bad_reference(store, published, tmp_path, capsys):
+    """With nothing of one's own the reference rows are the leaderboard; a path that is not a
+    log is refused in one line."""
+    capsys.readouterr()
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--reference",
+                 str(published)]) == 0
+    assert "softmax (reference: " in capsys.readouterr().out
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--reference",
+                 str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not a log\n")
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--reference",
+                 str(bad)]) == 2
+    assert "not an offline run log" in capsys.readouterr().err
+
+
+def test_shipped_reference_logs():
+    """What the suite ships: sort at the repro budget, 3 finished seeds of softmax, ssmax,
+    entmax and asentmax, each with exact match at every length of the ladder."""
+    recs, runs = ref.load(ref.paths())
+    sort = recs.filter((pl.col("profile") == "repro") & (pl.col("task") == "sort")
+                       & (pl.col("metric") == "exact_match"))
+    seeds = sort.group_by("attention").agg(pl.col("seed").unique().sort())
+    assert dict(seeds.iter_rows()) == {a: [0, 1, 2]
+                                       for a in ("softmax", "ssmax", "entmax", "asentmax")}
+    lengths = sort.group_by("run_id").agg(pl.col("length").unique().sort())
+    assert all(ls == [64, 128, 256, 512] for ls in lengths["length"])
+    assert all("NVIDIA H200" in runs[i].data.tags["suite.device"] for i in sort["run_id"])
+
+
+def _recs(store, published) -> pl.DataFrame:
+    from results.tracking import Tracker
+
+    own, profile = lb.select(lb.records(Tracker(store)))
+    refs, _ = ref.load([published])
+    return pl.concat([own, ref.rows_for(refs, profile, None).select(own.columns)])
+
+
+def _final_metrics(log) -> dict:
+    out, names = {}, {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["event"] == "start":
+            names[rec["run"]] = (rec["tags"]["suite.attention"], int(rec["tags"]["suite.seed"]))
+        elif rec["event"] == "metrics":
+            out.setdefault(names[rec["run"]], {}).update(rec["values"])
+    return out
