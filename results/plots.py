@@ -39,7 +39,9 @@ def plot(tab: pl.DataFrame, path: Path, title: str | None = None) -> Path:
         ax.set_visible(False)
     handles = [plt.Line2D([], [], color=style[a][0], marker=style[a][1], label=a)
                for a in names]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(names)))
+    longest = max((len(str(n)) for n in names), default=0)  # long labels (references) stack
+    fig.legend(handles=handles, loc="outside lower center",
+               ncol=min(6, len(names), max(1, 90 // max(longest, 1))))
     if title:
         fig.suptitle(title, fontsize=11)
     fig.set_layout_engine("constrained")

@@ -81,6 +81,9 @@ def section(tracker, profile: str | None = None, recs: pl.DataFrame | None = Non
     for (task,), part in tab.group_by("task", maintain_order=True):
         task_runs = [r for r in runs if r.data.tags.get(schema.tag("task")) == task]
         out += [_about(task, profile, task_runs), "", *_table(part), "", _ranking(part), ""]
+        tied = _by_score(part)
+        if tied:
+            out += [tied, ""]
         paper = _versus_paper(task, part)
         if paper:
             out += [*paper, ""]
@@ -159,6 +162,8 @@ def _table(part: pl.DataFrame) -> list[str]:
     mult = dict(part.select("length", "multiple").iter_rows())
     best = {n: better(v for v in part.filter(pl.col("length") == n)[f"{metric}_mean"].to_list()
                       if v is not None) for n in lengths}
+    if METRICS[metric].percent:  # nothing is best in a column where every row has 0
+        best = {n: (b if b else None) for n, b in best.items()}
     seeds = sorted(set(part["seeds"].to_list()))
     head = (f"{METRICS[metric].label}: mean ± std over {'-'.join(map(str, seeds))} seeds; "
             "**bold**: best mean per column")
@@ -192,7 +197,7 @@ def _versus_paper(task: str, part: pl.DataFrame) -> list[str]:
     paper = PAPER.get(task)
     if not paper or _metric(part) != "exact_match":
         return []
-    ours = {(r["attention"], r["multiple"]): r["exact_match_mean"]
+    ours = {(_base(r["attention"]), r["multiple"]): r["exact_match_mean"]
             for r in part.iter_rows(named=True)}
     mults = sorted({m for (_, m) in ours})
     shared = [a for a in paper if any((a, m) in ours for m in mults)]
@@ -214,14 +219,38 @@ def _versus_paper(task: str, part: pl.DataFrame) -> list[str]:
                  if paper[a][m] != paper[b][m]]
         if not pairs:
             continue
-        kept = [(a, b) for a, b in pairs
-                if (paper[a][m] > paper[b][m]) == (ours[(a, m)] > ours[(b, m)])]
+        kept = [(a, b) for a, b in pairs  # the same strict order (a tie here is not kept)
+                if ours[(a, m)] != ours[(b, m)]
+                and (paper[a][m] > paper[b][m]) == (ours[(a, m)] > ours[(b, m)])]
         verdicts.append(f"{m:g}x: " + ("holds" if len(kept) == len(pairs) else
                                        f"{len(kept)} of {len(pairs)} pairs"))
     if verdicts:
         lines += ["", "The paper's order (by mean, on the pairs the paper separates): "
                   + "; ".join(verdicts) + "."]
     return lines
+
+
+def _base(label: str) -> str:
+    """The attention of a row's label: ``softmax`` of ``softmax (reference: ...)`` or of
+    ``softmax [steps=24]``."""
+    return label.split(" (reference: ")[0].split(" [")[0]
+
+
+def _by_score(part: pl.DataFrame) -> str | None:
+    """Where the longest length does not separate the rows (all equal there), the order by the
+    leaderboard's score (the mean over the lengths beyond training)."""
+    metric = _metric(part)
+    longest = part.filter(pl.col("length") == part["length"].max())[f"{metric}_mean"]
+    if longest.drop_nulls().n_unique() > 1:
+        return None
+    ranked = [(a, v) for a, v, _ in lb.ranking(part) if v is not None]
+    digits = METRICS[metric].digits
+    train = part.filter(pl.col("multiple") == 1)["length"]
+    beyond = sorted(n for n in part["length"].unique().to_list()
+                    if not train.len() or n > train[0])
+    span = f"{beyond[0]}-{beyond[-1]}" if len(beyond) > 1 else str(beyond[0]) if beyond else ""
+    return (f"Every row is equal at the longest length; by the leaderboard's score (the mean "
+            f"at {span}): " + ", ".join(f"{a} {v:.{digits}f}" for a, v in ranked) + ".")
 
 
 def write(path: Path, text: str, profile: str | None = None) -> Path:

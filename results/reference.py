@@ -3,7 +3,7 @@
 that a user trains only their own variant (``suite leaderboard --reference``).
 
 A reference row's label is its attention followed by where it came from, e.g.
-``softmax (reference: NVIDIA H200, 2026-11-30, 1c4cb02)``; its seeds column counts its seeds
+``softmax (reference: NVIDIA H200, 1c4cb02, 2026-11-30)``; its seeds column counts its seeds
 as any row's does. Only FINISHED cell runs of a log count; the newest per config and seed, as
 in the user's own store.
 """
@@ -86,7 +86,7 @@ def _origin(r: dict) -> str:
     day = dt.datetime.fromtimestamp(r["time"], dt.timezone.utc).date().isoformat()
     commit = t.get("git_commit", "unknown")[:7] + ("+dirty" if t.get("git_dirty") == "true"
                                                   else "")
-    return f"{MARK}: {device}, {day}, {commit}"
+    return f"{MARK}: {device}, {commit}, {day}"
 
 
 def rows_for(refs: pl.DataFrame, profile: str | None, tasks: list[str] | None

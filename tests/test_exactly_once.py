@@ -38,7 +38,8 @@ from suite.run import plan
 from .conftest import ROOT, runs
 
 STEPS = 24  # smoke cells of 24 steps checkpoint every 6: a kill after the first is mid-training
-TIMING = {"train_seconds", "tokens_per_s", "resumed_from", "eval_seconds", "cpu_seconds"}  # differ between attempts
+# metrics that differ between attempts
+TIMING = {"train_seconds", "tokens_per_s", "resumed_from", "eval_seconds", "cpu_seconds"}
 
 FAULTS = '''
 import os
