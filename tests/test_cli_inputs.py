@@ -76,10 +76,14 @@ def test_backend_triton_on_cpu(tmp_path):
     refused(res, "--backend triton", "not usable", "--backend auto")
 
 
-def test_topk_on_the_numba_backend(tmp_path):
+def test_flex_backend_on_cpu(tmp_path):
+    """FlexAttention is the CUDA path of softmax: forced on the CPU it is refused before any
+    work, naming the backends that are usable. (The numba backend runs every built-in kind
+    since its top-k kernels, so a kind no backend of the CPU computes exists only for plugins;
+    on CUDA, --backend flex refuses the entmax family.)"""
     res = quick_run(tmp_path, "--attention", "softmax", "--attention", "topk:k=8",
-                    "--backend", "numba", "--device", "cpu")
-    refused(res, "--backend numba cannot run topk:k=8", "torch")
+                    "--backend", "flex", "--device", "cpu")
+    refused(res, "--backend flex", "not usable", "numba, torch")
 
 
 def test_plugin_with_a_syntax_error(tmp_path):
