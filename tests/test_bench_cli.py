@@ -26,18 +26,22 @@ def test_suite_bench_logs_a_run_the_leaderboard_reads(tmp_path, monkeypatch, cap
 
 
 def test_auto_backend_choice_on_cpu():
+    """``auto`` on the CPU (numba_backend.MIN_KEYS): SDPA for softmax without a bias; the numba
+    kernels for the entmax family at every length (its short-row kernels), and for softmax and
+    top-k under a bias from 256 keys on (below, one SDPA call with a float mask is faster)."""
     cpu = torch.device("cpu")
     assert resolve("auto", Normalizer("softmax"), cpu).NAME == "torch"  # SDPA is faster
     assert resolve("auto", Normalizer("softmax"), cpu, Alibi(torch.ones(2))).NAME == "numba"
     assert resolve("auto", Normalizer("entmax", alpha=1.25), cpu).NAME == "numba"
-    assert resolve("auto", Normalizer("topk", k=4), cpu).NAME == "torch"
-    # short rows (training shapes): the torch backend; long rows (evaluation): numba
+    assert resolve("auto", Normalizer("topk", k=4), cpu).NAME == "numba"
     entmax = Normalizer("entmax", alpha=1.5)
-    assert resolve("auto", entmax, cpu, None, (32, 4, 64, 64)).NAME == "torch"
+    assert resolve("auto", entmax, cpu, None, (32, 4, 64, 64)).NAME == "numba"
     assert resolve("auto", entmax, cpu, None, (1, 4, 1024, 1024)).NAME == "numba"
     alibi = Alibi(torch.ones(4))
-    assert resolve("auto", Normalizer("softmax"), cpu, alibi, (8, 4, 256, 256)).NAME == "torch"
-    assert resolve("auto", Normalizer("softmax"), cpu, alibi, (1, 4, 4096, 4096)).NAME == "numba"
+    for kind in (Normalizer("softmax"), Normalizer("topk", k=4)):
+        assert resolve("auto", kind, cpu, alibi, (8, 4, 128, 128)).NAME == "torch"
+        assert resolve("auto", kind, cpu, alibi, (8, 4, 256, 256)).NAME == "numba"
+        assert resolve("auto", kind, cpu, alibi, (1, 4, 4096, 4096)).NAME == "numba"
 
 
 PUBLISHED = "results/published/h100-triton-bench-2026-11-27.json"

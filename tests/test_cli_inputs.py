@@ -329,7 +329,7 @@ def test_interrupted_run_is_killed_with_one_line(tmp_path, sig, group):
     with SIGINT ignored: every way ends in one line, exit 130, the run KILLED."""
     env = {**os.environ, **({"SUITE_DATA_WORKERS": "2"} if group else {})}
     proc = subprocess.Popen([sys.executable, "-m", "suite", "run", "--profile", "quick",
-                             "--attention", "softmax", "--tracking-uri",
+                             "--attention", "softmax", "--seeds", "1", "--tracking-uri",
                              f"sqlite:///{tmp_path}/mlflow.db"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env=env,
