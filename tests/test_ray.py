@@ -37,7 +37,7 @@ from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402
 from suite.run import plan  # noqa: E402
 
-TIMING = {"train_seconds", "tokens_per_s"}  # wall-clock metrics: never equal across runs
+TIMING = {"train_seconds", "tokens_per_s", "eval_seconds", "cpu_seconds"}  # clock metrics
 STEPS = 24  # the smoke profile then checkpoints every 6 steps: a kill after the first one
 # lands mid-training
 

@@ -29,9 +29,10 @@ def published(store, tmp_path):
 
 def test_own_variant_ranked_beside_reference_rows(store, published, tmp_path, capsys):
     plugin = tmp_path / "my_attention.py"
-    plugin.write_text(readme_plugin())
+    # the README's plugin under a name of its own (another test of this process loads it)
+    plugin.write_text(readme_plugin().replace('register("relu_attn")', 'register("mine")'))
     assert main(["run", "--profile", "smoke", "--plugin", str(plugin), "--attention",
-                 "relu_attn:power=2", "--tracking-uri", store, "--no-progress"]) == 0
+                 "mine:power=2", "--tracking-uri", store, "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["leaderboard", "--tracking-uri", store, "--no-log"]) == 0
     assert "reference" not in capsys.readouterr().out  # only when asked for
@@ -42,7 +43,7 @@ def test_own_variant_ranked_beside_reference_rows(store, published, tmp_path, ca
     labels = {r["attention"] for r in rows}
     refs = sorted(a for a in labels if "(reference: " in a)
     assert [a.split(" (")[0] for a in refs] == ["entmax", "softmax"]
-    assert "relu_attn:power=2" in labels and len(labels) == 3
+    assert "mine:power=2" in labels and len(labels) == 3
     starts = [json.loads(line) for line in published.read_text().splitlines()
               if '"event": "start"' in line]
     device = starts[0]["tags"]["suite.device"]
