@@ -231,6 +231,7 @@ def parse(path: Path) -> tuple[dict[str, dict], list[BadLine]]:
             r = runs[rec["run"]]
             if rec["event"] == "end":  # the last end counts; a later one may add tags
                 r["status"], r["error"] = rec["status"], rec.get("error") or r["error"]
+                r["end_time"] = rec.get("time", r.get("end_time"))
                 r.setdefault("end_tags", {}).update(rec.get("tags", {}))
                 open_runs.discard(rec["run"])
             else:

@@ -55,7 +55,8 @@ def _run(r: dict) -> types.SimpleNamespace:
             params.update(ev["params"])
         elif ev["event"] == "tags":
             tags.update(ev["tags"])
-    times = [ev["time"] for ev in r["events"] if "time" in ev]
+    times = [ev["time"] for ev in r["events"] if "time" in ev] + (
+        [r["end_time"]] if r.get("end_time") else [])
     return types.SimpleNamespace(
         info=types.SimpleNamespace(run_id=r["run"], start_time=int(r["time"] * 1000),
                                    end_time=int(max(times, default=r["time"]) * 1000)),

@@ -295,15 +295,17 @@ class Tracker:
             raise
         return log
 
-    def end(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    def end(self, run_id: str, status: str, tags: Mapping[str, str] | None = None,
+            end_time: int | None = None) -> None:
         """Set the tags, then end the run with ``status`` (FINISHED, FAILED or KILLED; a run
-        ended before may be ended again, e.g. a FINISHED duplicate made KILLED)."""
+        ended before may be ended again, e.g. a FINISHED duplicate made KILLED); ``end_time``
+        in ms (default: now), for a run imported from a log."""
         if status not in schema.STATUSES[1:]:
             raise ValueError(f"end a run FINISHED, FAILED or KILLED, not {status!r}")
         with store_errors(self.uri, "write to"):
             for key, value in (tags or {}).items():
                 self.client.set_tag(run_id, key, str(value))
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=end_time)
 
     def _fail(self, run_id: str, err: BaseException) -> None:
         """Record the error, each step on its own, so that a failing step cannot keep the
@@ -447,4 +449,5 @@ def _import_run(tracker: Tracker, r: dict, path: Path, source: str | None = "") 
     except BaseException as err:
         tracker._fail(log.run_id, err)
         raise
-    tracker.end(log.run_id, r["status"])
+    end = r.get("end_time")  # the log's end, not the import's
+    tracker.end(log.run_id, r["status"], end_time=int(end * 1000) if end else None)
