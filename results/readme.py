@@ -13,6 +13,7 @@ the longest length.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +37,6 @@ PAPER_TABLE = Path(__file__).resolve().parent / "published" / "paper-table1.json
 
 
 def paper_table() -> dict[str, dict[str, dict[float, float]]]:
-    import json
-
     raw = json.loads(PAPER_TABLE.read_text())["table"]
     return {task: {att: {float(m): v for m, v in row.items()} for att, row in atts.items()}
             for task, atts in raw.items()}

@@ -94,16 +94,13 @@ def rows_for(refs: pl.DataFrame, profile: str | None, tasks: list[str] | None
              ) -> pl.DataFrame:
     """The reference records of ``profile`` (and of ``tasks``, where given), one run per
     (task, config, seed), each attention labelled with its origin."""
-    if refs.is_empty() or profile is None:
-        return refs.drop("origin").clear() if "origin" in refs.columns else refs
-    refs = refs.filter(pl.col("profile") == profile)
     if tasks is not None:
         refs = refs.filter(pl.col("task").is_in(tasks))
+    if profile is None:
+        refs = refs.clear()
+    refs, _ = lb.select(refs, profile)  # the profile, the newest run per config and seed
     if refs.is_empty():
         return refs.drop("origin")
-    newest = refs.group_by(["task", "config", "seed"]).agg(
-        pl.col("run_id").sort_by("start").last())
-    refs = lb.label(refs.join(newest, on=["task", "config", "seed", "run_id"], how="semi"))
     origin = refs.group_by(["task", "attention"]).agg(
         pl.col("origin").unique().sort().str.join("; ").alias("from"))
     return (refs.join(origin, on=["task", "attention"], how="left")

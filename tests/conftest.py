@@ -3,7 +3,11 @@ embedded MLflow store per test (copied from one initialised template, which take
 make)."""
 
 import os
+import queue
+import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +59,36 @@ def runs(uri: str, experiment: str = "flip_flop") -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+class Lines:
+    """The output of a process (``guard``: a Popen with text stdout), read by line in a thread
+    of its own, so that a test can wait for a line while the process runs."""
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.lines: queue.Queue = queue.Queue()
+        self.text: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.guard.stdout:
+            self.text.append(line)
+            self.lines.put(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.text)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        """The first line from now on that matches; fails if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.guard.poll() is None, self.out[-3000:]
+                continue
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}:\n{self.out[-3000:]}")

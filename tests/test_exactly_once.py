@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,7 +33,7 @@ from suite.executors.local import sweep
 from suite.identity import source_files, suite_code, tree_code
 from suite.run import plan
 
-from .conftest import ROOT, runs
+from .conftest import ROOT, Lines, runs
 
 STEPS = 24  # smoke cells of 24 steps checkpoint every 6: a kill after the first is mid-training
 # metrics that differ between attempts
@@ -127,27 +125,15 @@ def environment(**more) -> dict:
     return env
 
 
-class Suite:
+class Suite(Lines):
     """`suite ARGS...` in a process of its own under the guard, its output read by line."""
 
     def __init__(self, argv: list[str], cwd: Path, env: dict):
-        self.guard = subprocess.Popen(
+        super().__init__(subprocess.Popen(
             [sys.executable, "-m", "suite.executors.guard", str(os.getpid()), "--",
              sys.executable, "-m", "suite", *argv],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.text: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.guard.stdout:
-            self.text.append(line)
-            self.lines.put(line)
-
-    @property
-    def out(self) -> str:
-        return "".join(self.text)
+            start_new_session=True))
 
     def pid(self, timeout: float = 10) -> int:
         """The `suite` process (the guard's child)."""
@@ -160,18 +146,6 @@ class Suite:
                         return int(entry.name)
             time.sleep(0.05)
         raise AssertionError("the suite process did not start")
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.guard.poll() is None, self.out[-3000:]
-                continue
-            if m := re.search(pattern, line):
-                return m
-        raise AssertionError(f"no line matching {pattern!r}:\n{self.out[-3000:]}")
 
     def wait(self, timeout: float = 240) -> int:
         try:

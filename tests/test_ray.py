@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +34,8 @@ from results.ui import free_port  # noqa: E402
 from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402
 from suite.run import plan  # noqa: E402
+
+from .conftest import Lines  # noqa: E402
 
 TIMING = {"train_seconds", "tokens_per_s", "eval_seconds", "cpu_seconds"}  # clock metrics
 STEPS = 24  # the smoke profile then checkpoints every 6 steps: a kill after the first one
@@ -319,33 +319,14 @@ def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch, fa
     assert leftovers[0].data.tags["suite.superseded_by"] == done[victim.config_hash].info.run_id
 
 
-class Sweep:
+class Sweep(Lines):
     """`suite run --executor ray` in a subprocess of its own session, stdout read by line."""
 
     def __init__(self, argv, cwd: Path, env: dict):
-        self.guard = guarded([sys.executable, "-m", "suite", "run", *argv], cwd=cwd, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        super().__init__(guarded([sys.executable, "-m", "suite", "run", *argv], cwd=cwd,
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True))
         self.pid = child_of(self.guard)  # the driver
-        self.lines: queue.Queue = queue.Queue()
-        self.text: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.guard.stdout:
-            self.text.append(line)
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.guard.poll() is None, "".join(self.text)[-3000:]
-                continue
-            if m := re.search(pattern, line):
-                return m
-        raise AssertionError(f"no line matching {pattern!r}:\n{''.join(self.text)[-3000:]}")
 
 
 def test_killed_driver_then_rerun_finishes_every_cell_once(tmp_path, faults):

@@ -13,6 +13,7 @@ import pytest
 
 from results import leaderboard as lb
 from results import reference as ref
+from results.report import make
 from suite.cli import main
 
 from .test_plugin_bias import readme_plugin
@@ -59,7 +60,8 @@ def test_own_variant_ranked_beside_reference_rows(store, published, tmp_path, ca
             assert row["seeds"] == "2"
             assert float(row["exact_match_mean"]) == pytest.approx(sum(values) / 2, abs=1e-9)
     # one ranking holds all three rows
-    tab = lb.table(_recs(store, published))
+    rep = make(store, None, tmp_path / "again", log=False, reference=[str(published)])
+    tab = lb.table(rep.records)
     order = [a for a, *_ in lb.ranking(tab.filter(pl.col("task") == "flip_flop"))]
     assert sorted(order) == sorted(labels)
 
@@ -103,14 +105,6 @@ def test_shipped_reference_logs():
     lengths = sort.group_by("run_id").agg(pl.col("length").unique().sort())
     assert all(ls == [64, 128, 256, 512] for ls in lengths["length"].to_list())
     assert all("NVIDIA H200" in runs[i].data.tags["suite.device"] for i in sort["run_id"])
-
-
-def _recs(store, published) -> pl.DataFrame:
-    from results.tracking import Tracker
-
-    own, profile = lb.select(lb.records(Tracker(store)))
-    refs, _ = ref.load([published])
-    return pl.concat([own, ref.rows_for(refs, profile, None).select(own.columns)])
 
 
 def _final_metrics(log) -> dict:
