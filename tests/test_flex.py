@@ -113,3 +113,49 @@ def test_cuda_forward_and_gradients(dtype, T, S, D, alibi):
     for ours, plain, ref in zip((y, *gr), (yt, *gt), (y64, *g64)):
         err = rel(ours, ref)
         assert err < (tol if tol else 2 * rel(plain, ref) + 1e-3), err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="CUDA only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("B,T", [(128, 91), (16, 200), (4, 128)])
+def test_cuda_gradients_at_training_shapes(dtype, compiled, B, T):
+    """q, k, v as the model makes them (views of one fused projection, (B, T, 3, H, D)
+    permuted), an output gradient in the layout the model's reshape sends back, and the first
+    compilation of the kernel at that shape: outputs and gradients against float64.
+    FlexAttention's compiled backward is wrong at lengths off its 128-row block (the training
+    shape of the repro MQMTAR model, B 128, T 91, gave gradients 20x off, or NaN); the backend
+    pads such calls to the block."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    FB._compiled.cache_clear()
+    g = torch.Generator().manual_seed(5)
+    H, D = 16, 32
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=torch.float64)
+    dy = torch.randn(B, T, H, D, generator=g, dtype=torch.float64)
+    bias = Alibi(nape_slopes(H).cuda())
+
+    def run(backend, dt):
+        x = qkv.cuda().to(dt).requires_grad_()
+        q, k, v = x.permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D), strided views
+        assert not q.is_contiguous()
+
+        def f(q, k, v):
+            y = backend.attention(q, k, v, norm=SOFTMAX, causal=True, bias=bias,
+                                  sm_scale=1 / math.sqrt(D))
+            return y.transpose(1, 2).reshape(B, T, H * D)  # the model's layout
+
+        fn = torch.compile(f, fullgraph=True) if (compiled and backend is FB) else f
+        y = fn(q, k, v)
+        (grad,) = torch.autograd.grad((y * dy.cuda().to(dt).reshape(B, T, H * D)).sum(), x)
+        return y, grad
+
+    y64, g64 = run(torch_backend, torch.float64)
+    y, gr = run(FB, dtype)
+    yt, gt = run(torch_backend, dtype)
+    tol = 1e-5 if dtype == torch.float32 else None
+    for ours, plain, ref in ((y, yt, y64), (gr, gt, g64)):
+        err = rel(ours, ref)
+        assert err < (tol if tol else 2 * rel(plain, ref) + 1e-3), err

@@ -23,6 +23,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..normalizer import Alibi, Normalizer
 from . import torch_backend
@@ -122,6 +123,27 @@ def fits(q, k, v) -> bool:
             and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > 0)
 
 
+def _backward_pad(q, k, v, T: int, S: int, causal: bool) -> int | None:
+    """Rows to append to q, k and v before a call that will be differentiated.
+
+    FlexAttention's compiled backward (torch 2.11) is wrong when the lengths are not multiples
+    of its 128-row block: at the training shape of the repro MQMTAR model (B 128, H 16, T 91,
+    head dim 32) the gradients came out 20x off in relative error, or NaN, while the forward
+    was exact (docs/protocol.md, "Softmax under NAPE on CUDA"). Appending p zero rows to the
+    queries and the keys keeps every real pair (real queries see no appended key under the
+    causal mask, and the query-key offset S - T is unchanged); the extra rows are cut off after.
+    0: no padding needed (no gradient, or lengths already multiples of the block). None: no p
+    makes both lengths multiples (T and S differ by a non-multiple of the block), or the
+    attention is not causal (appended keys would be seen)."""
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return 0
+    if T % BLOCK == 0 and S % BLOCK == 0:
+        return 0
+    if (S - T) % BLOCK or not causal:
+        return None
+    return -T % BLOCK
+
+
 def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_scale=None):
     """Normalized attention; see the package docstring of ``attentions.backends``."""
     if sm_scale is None:
@@ -130,6 +152,14 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,
                                        sm_scale=sm_scale)
     T, S = q.shape[2], k.shape[2]
+    pad = _backward_pad(q, k, v, T, S, causal)
+    if pad is None:  # a gradient FlexAttention would get wrong, and no padding avoids it
+        return torch_backend.attention(q, k, v, norm=norm, causal=causal, bias=bias,
+                                       sm_scale=sm_scale)
+    if pad:
+        y = attention(*(F.pad(t, (0, 0, 0, pad)) for t in (q, k, v)), norm=norm, causal=causal,
+                      bias=bias, sm_scale=sm_scale)
+        return y[:, :, :T]
     inside = torch.compiler.is_compiling()  # an enclosing compile traces the plain functions
     mask = (causal_blocks(T, S, q.device) if inside else _mask(T, S, q.device)) \
         if causal else None
