@@ -21,6 +21,18 @@ from suite.train import Cell, build_model, lr_at
 CUDA = torch.cuda.is_available()
 
 
+def fresh_compiler():
+    """Forget what earlier tests in this worker compiled: torch 2.11 reused a cached graph of
+    another model's shapes across tests and failed inside AOT autograd with a garbage view
+    shape (seen under pytest -n 6 on the H200)."""
+    import torch._dynamo
+
+    from attentions.backends import flex_backend
+
+    torch._dynamo.reset()
+    flex_backend._compiled.cache_clear()
+
+
 def collect(batches):
     return [(s, t.clone(), y.clone()) for s, t, y in batches]
 
@@ -132,6 +144,7 @@ def test_compiled_model_has_no_graph_break(attention):
     softmax+NAPE), forward and backward, and agrees with the eager model."""
     cfg = ModelConfig(vocab_size=40, n_layers=2, d_model=64, n_heads=4, head_dim=16,
                       attention=attention, pe="nape")
+    fresh_compiler()
     torch.manual_seed(0)
     model = Decoder(cfg).cuda()
     tokens = torch.randint(0, 40, (8, 70), device="cuda")
@@ -147,34 +160,50 @@ def test_compiled_model_has_no_graph_break(attention):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA only")
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-compiled"])
 @pytest.mark.parametrize("attention", ["softmax", "entmax", "asentmax", "ssmax"])
-def test_training_gradients_match_float64(attention, compiled):
+def test_training_gradients_match_float64(attention, mode):
     """Every parameter's gradient on the path training takes on CUDA (the auto backend: Triton
-    kernels, FlexAttention for softmax under NAPE; eager and compiled) against the float64
-    model on the torch backend, at a training shape (T = 70, 8 heads, 16 rows). Softmax under
-    NAPE once trained with gradients 100x too large here while every kernel test passed: the
-    kernels saw other layouts than the model gives them."""
+    kernels, FlexAttention for softmax under NAPE; bf16 autocast, eager and compiled as one
+    graph) against the float64 model on the torch backend, at a training shape (T = 70, 8
+    heads, 16 rows): in fp32 to 1e-3, in bf16 within twice the error of the plain torch
+    backend under the same autocast. Softmax under NAPE once trained with gradients 100x too
+    large here while every kernel test passed."""
     cfg = ModelConfig(vocab_size=40, n_layers=2, d_model=64, n_heads=8, head_dim=16,
                       attention=attention, pe="nape")
+    fresh_compiler()
     torch.manual_seed(0)
     ref = Decoder(dataclasses.replace(cfg, backend="torch")).cuda().double()
     fast = Decoder(cfg).cuda()
     fast.load_state_dict(ref.state_dict())
+    plain = Decoder(dataclasses.replace(cfg, backend="torch")).cuda()
+    plain.load_state_dict(ref.state_dict())
     tokens = torch.randint(0, 40, (16, 70), device="cuda")
     w = torch.randn(16, 70, 40, device="cuda", dtype=torch.float64)
+    amp = mode != "fp32"
 
-    def grads(model, fn):
+    def grads(model, fn, amp):
         model.zero_grad(set_to_none=True)
-        (fn(tokens).double() * w).sum().backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = fn(tokens)
+        (out.double() * w).sum().backward()
         return {n: p.grad.double() for n, p in model.named_parameters() if p.requires_grad}
 
-    want = grads(ref, ref)
-    got = grads(fast, torch.compile(fast) if compiled else fast)
-    errors = {n: float((got[n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in want.items()
-              if float(g.norm()) > 0}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < 1e-3, (worst, errors[worst])
+    def errors(got):
+        return {n: float((got[n] - g).norm() / g.norm()) for n, g in want.items()
+                if float(g.norm()) > 0}
+
+    want = grads(ref, ref, False)
+    fn = fast
+    if mode == "bf16-compiled":  # as the training step does: one eager call picks the kernels
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            fast(tokens)
+        fn = torch.compile(fast, fullgraph=True)
+    ours = errors(grads(fast, fn, amp))
+    bound = errors(grads(plain, plain, amp)) if amp else None
+    bad = {n: (e, bound[n] if amp else 1e-3) for n, e in ours.items()
+           if e >= (2 * bound[n] + 1e-3 if amp else 1e-3)}
+    assert not bad, bad
 
 
 def test_learning_rate_warms_up_holds_then_decays():
