@@ -93,6 +93,16 @@ def profile(name: str | None) -> None:
 
 # ----------------------------------------------------------------------------- a sweep's cells
 
+def git_commit() -> None:
+    """A stated commit (``$SUITE_GIT_COMMIT``) is one, or the sweep stops before any cell."""
+    from results.gitinfo import git_state
+
+    try:
+        git_state()
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+
+
 def cells(cells: Iterable, executor: str = "local") -> None:
     """Refuse a sweep whose cells cannot run: see the module docstring."""
     cells = list(cells)

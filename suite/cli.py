@@ -55,6 +55,7 @@ def cmd_run(args) -> int:
                  batch_size=args.batch_size, lr=args.lr, eval_samples=args.eval_samples,
                  max_eval_length=args.max_eval_length)
     checks.cells(cells, args.executor)  # every cell can run: refused now, not after training
+    checks.git_commit()
     from results.schema import is_offline
 
     if not is_offline(args.tracking_uri):

@@ -76,6 +76,12 @@ def test_backend_triton_on_cpu(tmp_path):
     refused(res, "--backend triton", "not usable", "--backend auto")
 
 
+def test_a_stated_commit_that_is_not_one(tmp_path):
+    res = quick_run(tmp_path, "--attention", "softmax",
+                    env={"SUITE_GIT_COMMIT": "main; rm -rf /"})
+    refused(res, "SUITE_GIT_COMMIT", "hex SHA", "+dirty")
+
+
 def test_flex_backend_on_cpu(tmp_path):
     """FlexAttention is the CUDA path of softmax: forced on the CPU it is refused before any
     work, naming the backends that are usable. (The numba backend runs every built-in kind

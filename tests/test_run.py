@@ -210,8 +210,10 @@ def test_offline_log_then_import(store, tmp_path, capsys):
         f"rc = main(['run', '--profile', 'smoke', '--attention', 'softmax', "
         f"'--tracking-uri', 'jsonl:{log}', '--no-progress']); sys.exit(rc)"
     )
+    stated = {"SUITE_GIT_COMMIT": "5d7a1b7e0c+dirty"}  # a GPU node's copied tree, stale .git
     out = __import__("subprocess").run([__import__("sys").executable, "-c", code],
-                                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                       env={**__import__("os").environ, **stated})
     assert out.returncode == 0, out.stderr
     assert "suite import" in out.stdout
     assert main(["import", str(log), "--tracking-uri", store]) == 0
@@ -220,6 +222,9 @@ def test_offline_log_then_import(store, tmp_path, capsys):
     (run,) = runs(store)
     assert run.info.status == "FINISHED" and run.data.tags["suite.attention"] == "softmax"
     assert "exact_match_L128" in run.data.metrics
+    tags = run.data.tags
+    assert (tags["suite.git_commit"], tags["suite.git_dirty"], tags["suite.git_source"]) == (
+        "5d7a1b7e0c", "true", "stated")
     assert main(["run", "--profile", "smoke", "--attention", "softmax", "--tracking-uri", store,
                  "--no-progress"]) == 0
     assert "skipped, finished already" in capsys.readouterr().out
