@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from .errors import StatedCommitError
 
 #: the commit a copied tree was made from, as its launcher states it: ``SHA`` or ``SHA+dirty``
 #: (for machines that receive a copy of the working tree without its own up-to-date history,
@@ -21,8 +22,9 @@ def git_state(path: Path | None = None) -> dict[str, str]:
     if stated:
         sha, _, flag = stated.partition("+")
         if not re.fullmatch(r"[0-9a-f]{7,40}", sha) or flag not in ("", "dirty"):
-            raise ValueError(f"{STATED}={stated!r} is not a commit: give a hex SHA, optionally "
-                             "followed by +dirty (e.g. $(git rev-parse HEAD)+dirty)")
+            raise StatedCommitError(
+                f"{STATED}={stated!r} is not a commit: give a hex SHA, optionally followed by "
+                "+dirty (e.g. $(git rev-parse HEAD)+dirty)")
         return {"git_commit": sha, "git_dirty": "true" if flag else "false",
                 "git_source": "stated"}
     cwd = path or Path(__file__).resolve().parent.parent

@@ -95,11 +95,12 @@ def profile(name: str | None) -> None:
 
 def git_commit() -> None:
     """A stated commit (``$SUITE_GIT_COMMIT``) is one, or the sweep stops before any cell."""
+    from results.errors import StatedCommitError
     from results.gitinfo import git_state
 
     try:
         git_state()
-    except ValueError as err:
+    except StatedCommitError as err:
         raise SpecError(str(err)) from None
 
 

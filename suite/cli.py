@@ -368,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     except attentions.SpecError as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        from results.errors import StatedCommitError
+
+        if isinstance(err, StatedCommitError):  # e.g. `suite leaderboard`, which tags its run
+            print(f"suite: error: {err}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): one line, not a traceback
         print("\n" + INTERRUPTED.get(args.command, "suite: interrupted"), file=sys.stderr)
         return 130
