@@ -127,24 +127,28 @@ def cmd_import(args) -> int:
 
     from results.tracking import replay
 
-    path = Path(args.path)
-    if not path.is_file():
-        raise attentions.SpecError(
-            f"suite import {args.path}: no such file; give the path of a log written by "
-            "`suite run --tracking-uri jsonl:PATH`")
-    try:
-        counts = replay(path, args.tracking_uri)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise attentions.SpecError(f"suite import: {err}") from err
-    print(f"imported {counts['imported']} run(s), skipped {counts['skipped']} already finished"
-          + (f"; {counts['incomplete']} imported FAILED (cut off or damaged)"
-             if counts["incomplete"] else ""))
-    if counts["bad_lines"]:
-        print(f"suite: error: {counts['bad_lines']} damaged line(s) skipped, the first "
-              f"{counts['first_bad']}; the complete runs are imported; recover the rest "
-              "from the machine that wrote the log", file=sys.stderr)
-        return 2
-    return 0
+    paths = [Path(p) for p in args.path]
+    for path in paths:  # every log checked before any is read
+        if not path.is_file():
+            raise attentions.SpecError(
+                f"suite import {path}: no such file; give the path of a log written by "
+                "`suite run --tracking-uri jsonl:PATH`")
+    status = 0
+    for path in paths:
+        try:
+            counts = replay(path, args.tracking_uri)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise attentions.SpecError(f"suite import: {err}") from err
+        where = f"{path}: " if len(paths) > 1 else ""
+        print(f"{where}imported {counts['imported']} run(s), skipped {counts['skipped']} "
+              "already finished" + (f"; {counts['incomplete']} imported FAILED (cut off or "
+                                    "damaged)" if counts["incomplete"] else ""))
+        if counts["bad_lines"]:
+            print(f"suite: error: {where}{counts['bad_lines']} damaged line(s) skipped, the "
+                  f"first {counts['first_bad']}; the complete runs are imported; recover the "
+                  "rest from the machine that wrote the log", file=sys.stderr)
+            status = 2
+    return status
 
 
 def cmd_bench_train(args) -> int:
@@ -316,9 +320,9 @@ def parser() -> argparse.ArgumentParser:
     add_ui_args(sp)
     sp.set_defaults(func=cmd_ui)
 
-    sp = sub.add_parser("import", help="load an offline run log (--tracking-uri jsonl:PATH) "
+    sp = sub.add_parser("import", help="load offline run logs (--tracking-uri jsonl:PATH) "
                         "into a tracking store")
-    sp.add_argument("path")
+    sp.add_argument("path", nargs="+", help="one or more logs, imported in order")
     sp.add_argument("--tracking-uri", default=None)
     sp.set_defaults(func=cmd_import)
 

@@ -66,6 +66,43 @@ def test_alibi_score_mod_matches_the_torch_backend(T, S):
     assert (y - ref).abs().max() < 1e-12
 
 
+def test_backward_padding_rule():
+    """Which differentiated calls are padded to the 128-row block, and by how much (the
+    kernel's compiled backward is wrong off the block); forward-only calls never are."""
+    def pad(T, S, grad=True, causal=True):
+        q = torch.zeros(1, 1, T, 16, requires_grad=grad)
+        k = v = torch.zeros(1, 1, S, 16)
+        return FB._backward_pad(q, k, v, T, S, causal)
+
+    assert pad(91, 91) == 37 and pad(1, 1) == 127 and pad(200, 328) == 56
+    assert pad(128, 128) == 0 and pad(256, 384) == 0
+    assert pad(91, 91, grad=False) == 0
+    with torch.no_grad():
+        assert FB._backward_pad(*(torch.zeros(1, 1, 91, 16, requires_grad=True),) * 3,
+                                91, 91, True) == 0
+    assert pad(7, 300) is None  # no common padding reaches the block: the torch backend
+    assert pad(91, 91, causal=False) is None  # appended keys would be seen
+
+
+@pytest.mark.parametrize("T,S", [(91, 91), (200, 328), (5, 5)])
+def test_padded_call_computes_the_unpadded_attention(T, S):
+    """Appending the padding rows to q, k and v, masking causally at the padded lengths with the
+    same query-key offset, and cutting the rows off again gives the attention of the unpadded
+    inputs (FlexAttention's unfused reference on CPU, float64)."""
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 4, T, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 4, S, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    slopes = nape_slopes(4)
+    p = -T % FB.BLOCK
+    qp, kp, vp = (torch.nn.functional.pad(t, (0, 0, 0, p)) for t in (q, k, v))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "called without torch.compile": intended here
+        y = FB._alibi(qp, kp, vp, slopes.double(), FB.causal_blocks(T + p, S + p, "cpu"), 0.25,
+                      S - T)[:, :, :T]
+    ref = torch_backend.attention(q, k, v, norm=SOFTMAX, bias=Alibi(slopes), sm_scale=0.25)
+    assert (y - ref).abs().max() < 1e-12
+
+
 def test_auto_takes_flex_only_for_softmax_with_alibi_on_cuda():
     from attentions.backends import resolve
 
