@@ -247,15 +247,16 @@ def diagnostic_views(part: pl.DataFrame, diag: pl.DataFrame | None, order: list[
     return views
 
 
-def diagnostics_markdown(part: pl.DataFrame, diag: pl.DataFrame | None, order: list[str]
-                         ) -> list[str]:
-    """One task's diagnostics as markdown lines (under a heading of the caller's): what they
-    are, then per diagnostic a caption (the quantity, one line of what it means) and its
-    table; no lines where no run logged any."""
+def diagnostics_markdown(part: pl.DataFrame, diag: pl.DataFrame | None, order: list[str],
+                         lead: str = "") -> list[str]:
+    """One task's diagnostics as markdown lines: what they are (after ``lead``, e.g. a name of
+    the block), then per diagnostic a caption (the quantity, one line of what it means) and
+    its table; no lines where no run logged any."""
     views = diagnostic_views(part, diag, order)
     if not views:
         return []
-    out = [DIAGNOSTICS_ABOUT, ""]
+    about = DIAGNOSTICS_ABOUT[0].lower() + DIAGNOSTICS_ABOUT[1:] if lead else DIAGNOSTICS_ABOUT
+    out = [lead + about, ""]
     for d, heads, rows in views:
         out += [f"*{d.label}*: {d.about}.", "", *_md_table(heads, rows)]
     return out

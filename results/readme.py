@@ -84,9 +84,8 @@ def section(tracker, profile: str | None = None, recs: pl.DataFrame | None = Non
         if paper:
             out += [*paper, ""]
         order = part["attention"].unique(maintain_order=True).to_list()  # the table's rows
-        more = lb.diagnostics_markdown(part, diag, order)
-        if more:
-            out += [f"Attention diagnostics against length, {task}:", "", *more]
+        out += lb.diagnostics_markdown(part, diag, order,
+                                       lead=f"Attention diagnostics against length, {task}: ")
     return "\n".join(out).rstrip() + "\n"
 
 

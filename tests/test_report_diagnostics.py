@@ -139,7 +139,7 @@ def test_report_and_readme_show_the_reference_diagnostics(store, tmp_path, capsy
     assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--profile", "repro",
                  "--reference", str(SORT_LOG), "--write-readme", str(path)]) == 0
     section = path.read_text()
-    assert "Attention diagnostics against length, sort:" in section
+    assert "Attention diagnostics against length, sort: mean over seeds" in section
     assert md_rows(section, "*support size")[entmax] == [
         f"{expected_mean(raw, 'entmax', f'support_L{n}'):.1f}" for n in LENGTHS]
     # the README's rows are in its main table's order
