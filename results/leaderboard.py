@@ -11,10 +11,17 @@ accuracy) add their own columns in the same long format (docs/design.md, "Leader
 ``render`` (terminal), ``markdown`` and ``html`` lay each task out as attention by length,
 ranked by ``score`` (stated in each table's caption), with the best value per column marked on
 the value itself, and nothing marked in a column where every value is 0.
+
+The attention diagnostics a cell logs at each length (``DIAGNOSTICS``: normalized entropy,
+support size, max weight, target mass, learned scale; ``suite.model``'s ``_inspect``) are read
+into the same records; ``diagnostics`` averages them over seeds, and ``markdown`` and ``html``
+show them per task below its table, one small table per quantity (attention by length), only
+the quantities some run has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html as html_lib
 import json
@@ -43,6 +50,43 @@ NOT_CONFIG = ("seed", "n_params")
 #: params that belong to the attention itself: shown on a row only where one attention has runs
 #: of several values
 PER_ATTENTION = ("code.attention",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostic:
+    """One attention diagnostic as ``suite.model``'s ``_inspect`` logs it per length
+    (``<name>_L<length>``): the mean over layers, heads and the probe rows."""
+
+    name: str
+    label: str
+    about: str  # what it is, one line
+    digits: int = 3
+    every_row: bool = True  # False: a table of it lists only the rows that have it
+
+
+#: the attention diagnostics, in the order of their tables (docs/paper.md, "What to measure")
+DIAGNOSTICS: dict[str, Diagnostic] = {d.name: d for d in (
+    Diagnostic("entropy_norm", "normalized entropy H(p)/log n",
+               "the dispersion of a row over its n visible keys: 1 is uniform; softmax tends to "
+               "1 as n grows, an entmax with a support of size O(n^b) stays at most b"),
+    Diagnostic("support", "support size |{j: p_j > 0}|",
+               "the keys with nonzero weight; for softmax every visible key whose float32 "
+               "weight does not round to 0 (under ALiBi and NAPE the far keys of steep heads "
+               "do)", digits=1),
+    Diagnostic("max_weight", "max weight",
+               "the largest weight of a row: whether attention to one key survives the keys "
+               "added by length"),
+    Diagnostic("target_mass", "target mass",
+               "the weight on the positions that hold the answer (MQMTAR's key-value pair, the "
+               "needle, the last write), for tasks that know them"),
+    Diagnostic("scale", "learned scale",
+               "the factor of the queries at the probe rows (SSMax s_h log n, ASEntmax "
+               "delta + beta (log n)^gamma), mean over the scaled heads; only attentions that "
+               "learn one", digits=2, every_row=False),
+)}
+DIAGNOSTICS_ABOUT = ("Mean over seeds of each run's mean over layers, heads and probe rows (up to "
+                     "8 scored rows of the first evaluation batch at each length); n is the "
+                     "number of keys a row sees.")
 #: budget fields that ``--steps`` sets (``Profile.with_budget``), so not shown beside it
 FROM_STEPS = ("train.warmup", "train.val_every", "train.ckpt_every")
 
@@ -50,7 +94,8 @@ FROM_STEPS = ("train.warmup", "train.val_every", "train.ckpt_every")
 # ----------------------------------------------------------------------------- from the store
 
 def records(tracker) -> pl.DataFrame:
-    """Long records (one per run, length and metric) of every FINISHED cell run."""
+    """Long records (one per run, length and metric) of every FINISHED cell run: the metrics
+    of ``METRICS`` and the attention diagnostics (``DIAGNOSTICS``)."""
     runs = tracker.search(tracker.experiment_ids(), CELL_FILTER)
     rows = [row for run in runs for row in _run_rows(run)]
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
@@ -66,7 +111,7 @@ def _run_rows(run) -> Iterable[tuple]:
             config_key({**run.data.params, "attention": t["attention"], "task": t["task"]}))
     for key, value in run.data.metrics.items():
         found = schema.split_metric_key(key)
-        if found and found[0] in METRICS:
+        if found and (found[0] in METRICS or found[0] in DIAGNOSTICS):
             yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 
 
@@ -130,6 +175,7 @@ def _value(key: str, value: str | None) -> str:
 
 def table(recs: pl.DataFrame) -> pl.DataFrame:
     """The leaderboard CSV table: one row per (task, attention, length)."""
+    recs = recs.filter(pl.col("metric").is_in(list(METRICS)))  # not the diagnostics
     if recs.is_empty():
         return pl.DataFrame(schema={c: pl.Utf8 for c in COLUMNS})
     wide = recs.pivot(on="metric", index=["task", "attention", "seed", "length", "train_length"],
@@ -150,6 +196,70 @@ def table(recs: pl.DataFrame) -> pl.DataFrame:
 
 def csv_text(tab: pl.DataFrame) -> str:
     return tab.write_csv()
+
+
+def diagnostics(recs: pl.DataFrame) -> pl.DataFrame:
+    """The attention diagnostics, one row per (task, attention, length): ``<name>_mean``, the
+    mean over the seeds that logged it, for each diagnostic some run has (none of a diagnostic
+    no run has), and ``seeds``, how many seeds logged any. Empty where no run logged any."""
+    diag = recs.filter(pl.col("metric").is_in(list(DIAGNOSTICS)))
+    if diag.is_empty():
+        return pl.DataFrame(schema={"task": pl.Utf8, "attention": pl.Utf8, "length": pl.Int64,
+                                    "seeds": pl.UInt32})
+    wide = diag.pivot(on="metric", index=["task", "attention", "seed", "length"],
+                      values="value", aggregate_function="mean")
+    names = [d for d in DIAGNOSTICS if d in wide.columns]
+    out = wide.group_by(["task", "attention", "length"]).agg(
+        pl.col("seed").n_unique().alias("seeds"),
+        *(pl.col(d).mean().alias(f"{d}_mean") for d in names))
+    return out.select("task", "attention", "length", "seeds", *(f"{d}_mean" for d in names)
+                      ).sort(["task", "attention", "length"])
+
+
+def diagnostic_views(part: pl.DataFrame, diag: pl.DataFrame | None, order: list[str]
+                     ) -> list[tuple[Diagnostic, list[str], list[list[str]]]]:
+    """One task's diagnostics tables: per diagnostic that some row of ``diag`` has, its
+    headers ("attention", then "128 (2x)" per length of the task's table ``part``) and one
+    row per attention of ``order`` (the main table's rows, in its order): the mean over seeds
+    per length, "-" where there is none; a row with no value at all is left out of a table of
+    a diagnostic that only some attentions have (``Diagnostic.every_row``)."""
+    if diag is None or diag.is_empty() or part.is_empty():
+        return []
+    task = part["task"][0]
+    diag = diag.filter(pl.col("task") == task)
+    lengths = sorted(part["length"].unique().to_list())
+    mult = dict(part.select("length", "multiple").iter_rows())
+    heads = ["attention", *(f"{n} ({mult[n]:g}x)" for n in lengths)]
+    by = {(r["attention"], r["length"]): r for r in diag.iter_rows(named=True)}
+    views = []
+    for name, d in DIAGNOSTICS.items():
+        col = f"{name}_mean"
+        if col not in diag.columns or diag[col].is_null().all():
+            continue
+        rows = []
+        for att in order:
+            values = [(by.get((att, n)) or {}).get(col) for n in lengths]
+            if not d.every_row and all(v is None for v in values):
+                continue
+            rows.append([att, *("-" if v is None else f"{v:.{d.digits}f}" for v in values)])
+        if any(c != "-" for r in rows for c in r[1:]):
+            views.append((d, heads, rows))
+    return views
+
+
+def diagnostics_markdown(part: pl.DataFrame, diag: pl.DataFrame | None, order: list[str],
+                         lead: str = "") -> list[str]:
+    """One task's diagnostics as markdown lines: what they are (after ``lead``, e.g. a name of
+    the block), then per diagnostic a caption (the quantity, one line of what it means) and
+    its table; no lines where no run logged any."""
+    views = diagnostic_views(part, diag, order)
+    if not views:
+        return []
+    about = DIAGNOSTICS_ABOUT[0].lower() + DIAGNOSTICS_ABOUT[1:] if lead else DIAGNOSTICS_ABOUT
+    out = [lead + about, ""]
+    for d, heads, rows in views:
+        out += [f"*{d.label}*: {d.about}.", "", *_md_table(heads, rows)]
+    return out
 
 
 def score_caption(metric: str, lengths: list[int], train_length: int) -> str:
@@ -280,8 +390,10 @@ def _fixed(heads: list[str], rows: list[list[str]]) -> list[str]:
     return [line(heads).rstrip(), *(line(r).rstrip() for r in rows)]
 
 
-def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "") -> str:
-    """The leaderboard as markdown: per task a table, best per column in bold."""
+def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
+             diag: pl.DataFrame | None = None) -> str:
+    """The leaderboard as markdown: per task a table, best per column in bold, and below it
+    the task's attention diagnostics (``diag``: ``diagnostics``), where any run has them."""
     out = ["# Attention leaderboard", ""]
     if about:
         out += [about, ""]
@@ -293,6 +405,9 @@ def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = 
                 "are 0)", ""]
         out += _md_table(["attention", *heads],
                          [[a, *(_bold(c) for c in cs)] for a, cs in rows])
+        more = diagnostics_markdown(part, diag, [a for a, _ in rows])
+        if more:
+            out += [f"### {task}: attention diagnostics", "", *more]
     for title, heads, rows in speed_views(speed):
         out += [f"## {title}", "", *_md_table(heads, rows)]
     return "\n".join(out).rstrip() + "\n"
@@ -317,8 +432,9 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
 
 
 def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
-         png_b64: str | None = None) -> str:
-    """A self-contained page: the tables (best per column bold) and the plot inlined."""
+         png_b64: str | None = None, diag: pl.DataFrame | None = None) -> str:
+    """A self-contained page: the tables (best per column bold), each task's attention
+    diagnostics (``diag``) where any run has them, and the plot inlined."""
     e = html_lib.escape
     out = ["<!doctype html>", "<html><head><meta charset='utf-8'>",
            "<title>Attention leaderboard</title>", f"<style>{CSS}</style></head><body>",
@@ -336,6 +452,13 @@ def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
                 "where all are 0)</p>",
                 _html_table(["attention", *heads],
                             [[e(a), *(_html_cell(c) for c in cs)] for a, cs in rows])]
+        views = diagnostic_views(part, diag, [a for a, _ in rows])
+        if views:
+            out += [f"<h3>{e(task)}: attention diagnostics</h3>",
+                    f"<p>{e(DIAGNOSTICS_ABOUT)}</p>"]
+        for d, dheads, drows in views:
+            out += [f"<p><i>{e(d.label)}</i>: {e(d.about)}.</p>",
+                    _html_table([e(h) for h in dheads], [[e(v) for v in r] for r in drows])]
     for title, heads, rows in speed_views(speed):
         out += [f"<h2>{e(title)}</h2>",
                 _html_table([e(h) for h in heads], [[e(str(v)) for v in r] for r in rows])]

@@ -6,8 +6,10 @@ commit, the machine, the CPU numerics and the dates all come from the runs.
 Per task: how the runs were made (profile, steps, batch, learning rate, samples per length,
 seeds, commit, CPU model, the CPU settings in effect, dates, the span from the first cell's start
 to the last cell's end), the table (mean +- sample standard deviation over seeds of the task's
-headline metric, token accuracy in brackets, best mean per column in bold), and the ranking at
-the longest length.
+headline metric, token accuracy in brackets, best mean per column in bold), the ranking at
+the longest length, and the attention diagnostics against length (normalized entropy, support
+size, max weight, target mass, learned scale: mean over seeds, one table per quantity that the
+runs logged; ``leaderboard.diagnostics``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def section(tracker, profile: str | None = None, recs: pl.DataFrame | None = Non
     runs = [r for r in tracker.search(tracker.experiment_ids(), lb.CELL_FILTER)
             if r.info.run_id in ids]
     runs += [r for i, r in (reference_runs or {}).items() if i in ids]
-    tab = lb.table(recs)
+    tab, diag = lb.table(recs), lb.diagnostics(recs)
     out = []
     for (task,), part in tab.group_by("task", maintain_order=True):
         task_runs = [r for r in runs if r.data.tags.get(schema.tag("task")) == task]
@@ -81,6 +83,9 @@ def section(tracker, profile: str | None = None, recs: pl.DataFrame | None = Non
         paper = _versus_paper(task, part)
         if paper:
             out += [*paper, ""]
+        order = part["attention"].unique(maintain_order=True).to_list()  # the table's rows
+        out += lb.diagnostics_markdown(part, diag, order,
+                                       lead=f"Attention diagnostics against length, {task}: ")
     return "\n".join(out).rstrip() + "\n"
 
 

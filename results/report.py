@@ -2,8 +2,10 @@
 log the same files to a leaderboard run of its own (experiment ``leaderboard``, tag
 ``suite.kind=leaderboard``), the tables also through ``log_table`` and the markdown as the
 run's description, so that the MLflow UI shows them, with one metric per (task, attention):
-the score its rows are ranked by. The newest run is the current one (``suite.current``);
-older ones are kept, renamed ``superseded | ...``.
+the score its rows are ranked by; below each task's table, its attention diagnostics against
+length (normalized entropy, support size, max weight, target mass, learned scale: the mean over
+seeds, ``leaderboard.diagnostics``), where the runs logged them. The newest run is the current
+one (``suite.current``); older ones are kept, renamed ``superseded | ...``.
 
 Order matters for "lose nothing": the store is read first (a bad store fails before any file
 is touched), files are replaced atomically, and only then is the run logged; if logging fails
@@ -42,6 +44,7 @@ class Report:
     experiment_id: str | None = None
     records: pl.DataFrame | None = None  # the ranked runs' records, references included
     reference_runs: dict | None = None  # the reference runs by id (``results.reference``)
+    diagnostics: pl.DataFrame | None = None  # ``leaderboard.diagnostics`` of the records
 
 
 def make(tracking_uri: str | None = None, profile: str | None = None,
@@ -71,18 +74,18 @@ def make(tracking_uri: str | None = None, profile: str | None = None,
                     + (f" for {', '.join(sorted(tasks))}" if tasks else "")
                     + f"; the reference logs hold {ref.profiles(refs)})")
         recs = pl.concat([recs, extra.select(recs.columns)]) if not recs.is_empty() else extra
-    tab, speed = lb.table(recs), sp.records(tracker)
+    tab, speed, diag = lb.table(recs), sp.records(tracker), lb.diagnostics(recs)
     text = lb.render(tab, speed) + note
     if tab.is_empty() and not every.is_empty():
         held = ", ".join(sorted(every["profile"].unique().to_list()))
         text = (f"the store holds no finished runs of profile {profile!r} (it holds runs of: "
                 f"{held}); pass --profile with one of those")
     rep = Report(tracker.uri, profile, tab, speed, text, [], records=recs,
-                 reference_runs=ref_runs)
+                 reference_runs=ref_runs, diagnostics=diag)
     if tab.is_empty() and speed.is_empty():
         return rep
     rep.files = write(tab, speed, lb.about(recs, profile), Path(out_dir),
-                      title=plot_title(recs, profile))
+                      title=plot_title(recs, profile), diag=diag)
     if log:
         rep.experiment_id, rep.run_id = publish(tracker, rep)
     return rep
@@ -100,19 +103,20 @@ def plot_title(recs: pl.DataFrame, profile: str | None) -> str:
 
 
 def write(tab: pl.DataFrame, speed: pl.DataFrame, about: str, out_dir: Path,
-          title: str | None = None) -> list[Path]:
-    """results/leaderboard.{csv,md,png,html}, each replaced atomically."""
+          title: str | None = None, diag: pl.DataFrame | None = None) -> list[Path]:
+    """results/leaderboard.{csv,md,png,html}, each replaced atomically; ``diag``: the attention
+    diagnostics the markdown and the page show below each task's table."""
     from .plots import plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [_atomic(out_dir / "leaderboard.csv", lb.csv_text(tab)),
-             _atomic(out_dir / "leaderboard.md", lb.markdown(tab, speed, about))]
+             _atomic(out_dir / "leaderboard.md", lb.markdown(tab, speed, about, diag))]
     png = None
     if not tab.is_empty():
         png = _atomic(out_dir / "leaderboard.png", lambda p: plot(tab, p, title))
         paths.append(png)
     b64 = base64.b64encode(png.read_bytes()).decode() if png else None
-    paths.append(_atomic(out_dir / "leaderboard.html", lb.html(tab, speed, about, b64)))
+    paths.append(_atomic(out_dir / "leaderboard.html", lb.html(tab, speed, about, b64, diag)))
     return paths
 
 
@@ -142,9 +146,11 @@ DESCRIPTION = (
     "The leaderboard: one run per `suite leaderboard` (and per `suite run`, which ends with "
     "one). The current one is tagged `suite.current = true`; older ones are kept, renamed "
     "`superseded | ...` and tagged `suite.current = false`. Each holds the ranked tables "
-    "(leaderboard.md, .html, .csv, .txt, and leaderboard_table.json as a table), the figure "
-    "(leaderboard.png), and one metric per (task, attention): `score/<task>/<attention>`, "
-    "the number the task's rows are ranked by.")
+    "(leaderboard.md, .html, .csv, .txt, and leaderboard_table.json as a table), each task's "
+    "attention diagnostics against length (in leaderboard.md and .html, and "
+    "diagnostics_table.json where the runs logged them), the figure (leaderboard.png), and "
+    "one metric per (task, attention): `score/<task>/<attention>`, the number the task's rows "
+    "are ranked by.")
 
 
 def metric_name(task: str, attention: str) -> str:
@@ -180,6 +186,8 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
             log.table(_columns(rep.table), "leaderboard_table.json")
             if not rep.speed.is_empty():
                 log.table(_columns(rep.speed), "speed_table.json")
+            if rep.diagnostics is not None and not rep.diagnostics.is_empty():
+                log.table(_columns(rep.diagnostics), "diagnostics_table.json")
             run_id = log.run_id
         _supersede(tracker, older, run_id)
     except TrackingError as err:

@@ -133,17 +133,24 @@ def test_leaderboard_run_in_the_mlflow_ui(tmp_path, monkeypatch, capsys):
 
 def check_ranked_table(url: str, base: str, tmp_path: Path) -> None:
     """The leaderboard URL that `suite ui` prints shows each task's table ranked by its score,
-    in the model-training view."""
+    in the model-training view; so do the task's diagnostics tables below it."""
+    from results import leaderboard as lb
     from results.leaderboard import build, ranking
+    from results.tracking import Tracker
 
     tab, _ = build(base)
+    diag = lb.diagnostics(lb.select(lb.records(Tracker(base)))[0])
     dom = rendered(url, tmp_path / "chromium-rank", ["Attention leaderboard", "score",
                                                     "rank: score = mean exact match"])
     assert not any(g in dom for g in GENAI), "the leaderboard opened in the GenAI view"
     names = r'role="cell"[^>]*><span[^>]*>(softmax|entmax)</span>'
     shown = re.findall(names, dom)
-    want = [a for task in ("copy", "flip_flop")  # the markdown lists tasks by name
-            for a, _, _ in ranking(tab.filter(tab["task"] == task))]
+    want = []
+    for task in ("copy", "flip_flop"):  # the markdown lists tasks by name
+        order = [a for a, _, _ in ranking(tab.filter(tab["task"] == task))]
+        views = lb.diagnostic_views(tab.filter(tab["task"] == task), diag, order)
+        assert views  # softmax and entmax log diagnostics: the tables repeat the ranked rows
+        want += order + [row[0] for _, _, rows in views for row in rows]
     assert shown == want, (shown, want)
     chromium(url, tmp_path / "chromium-rank", 30000, screenshot=SHOTS / "leaderboard.png")
 
