@@ -85,8 +85,9 @@ DIAGNOSTICS: dict[str, Diagnostic] = {d.name: d for d in (
                "learn one", digits=2, every_row=False),
 )}
 DIAGNOSTICS_ABOUT = ("Mean over seeds of each run's mean over layers, heads and probe rows (up to "
-                     "8 scored rows of the first evaluation batch at each length); n is the "
-                     "number of keys a row sees.")
+                     "8 scored rows of each of the first 32 evaluation sequences of a length; "
+                     "of the first sequence only in runs before 2026-12-01); n is the number "
+                     "of keys a row sees.")
 #: budget fields that ``--steps`` sets (``Profile.with_budget``), so not shown beside it
 FROM_STEPS = ("train.warmup", "train.val_every", "train.ckpt_every")
 

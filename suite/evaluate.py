@@ -21,6 +21,8 @@ import torch
 from .model import Decoder, Probe
 
 PROBE_ROWS = 8
+#: sequences per length whose rows are inspected (the first ones of the evaluation set)
+PROBE_SEQUENCES = 32
 
 
 def eval_rng(task, seed: int, length: int, purpose: int = 0) -> np.random.Generator:
@@ -29,25 +31,29 @@ def eval_rng(task, seed: int, length: int, purpose: int = 0) -> np.random.Genera
     return task.rng(derived, "eval")
 
 
-def _probe(batch, device) -> Probe | None:
-    scored = batch.targets != -100  # (B, T)
+def _probe(batch, device, n: int) -> Probe | None:
+    """The probe of the batch's first ``n`` sequences: up to PROBE_ROWS scored rows each."""
+    scored = (batch.targets != -100)[:n]  # (n, T)
     count = int(scored.sum(1).min())
     if count == 0:
         return None
     R = min(PROBE_ROWS, count)
     pos = torch.arange(scored.shape[1]).expand_as(scored)
-    rows = torch.where(scored, pos, -1).topk(R, dim=1).values.sort(dim=1).values  # (B, R)
+    rows = torch.where(scored, pos, -1).topk(R, dim=1).values.sort(dim=1).values  # (n, R)
     targets = batch.meta.get("target_positions")
     if targets is not None:
-        targets = targets.reshape(targets.shape[0], -1)[:, None, :].expand(-1, R, -1)
+        targets = targets[:n].reshape(rows.shape[0], -1)[:, None, :].expand(-1, R, -1)
     return Probe(rows=rows.to(device), targets=None if targets is None else targets.to(device))
 
 
-def _summarize(stats: list[dict]) -> dict:
-    """Per-layer, per-head lists and overall means of the probe statistics."""
+def _summarize(parts: list[tuple[list[dict], int]]) -> dict:
+    """Per-layer, per-head lists and overall means of the probe statistics, each probed batch
+    weighted by its number of sequences (``parts``: (the probe's stats, sequences))."""
     out: dict = {}
-    for key in stats[0] if stats else ():
-        layers = [s[key].float().cpu() for s in stats]  # one (H,) per layer
+    total = sum(n for _, n in parts)
+    for key in parts[0][0][0] if parts and parts[0][0] else ():
+        layers = [sum(stats[layer][key].float().cpu() * n for stats, n in parts) / total
+                  for layer in range(len(parts[0][0]))]  # one (H,) per layer
         out[key] = float(torch.cat(layers).mean())
         out[f"{key}_heads"] = [layer.tolist() for layer in layers]
     return out
@@ -63,24 +69,26 @@ def evaluate(model: Decoder, task, lengths: Iterable[int], samples: int, seed: i
     amp = device.type == "cuda"
     for length in lengths:
         rng = eval_rng(task, seed, length, purpose)
-        meter, done, diag, bs = task.meter(), 0, None, 1
+        meter, done, parts, probed, bs = task.meter(), 0, [], 0, 1
         while done < samples:
             batch = task.sample(rng, length, min(bs, samples - done))
             bs = max(1, eval_tokens // batch.tokens.shape[1])
-            probe = _probe(batch, device) if diagnostics and diag is None else None
+            n = min(batch.batch_size, PROBE_SEQUENCES - probed) if diagnostics else 0
+            probe = _probe(batch, device, n) if n > 0 else None
             model.set_probe(probe)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(batch.tokens.to(device))
             model.set_probe(None)
             meter.update(logits, batch.targets.to(logits.device))  # gathers on the device
-            if probe is not None:
-                diag = _summarize(probe.stats)
+            if probe is not None and probe.stats:
+                parts.append((probe.stats, n))
+            probed += n
             done += batch.batch_size
             if progress is not None:
                 progress(length, done)
         res = meter.result()
-        if diag is not None:
-            res["diagnostics"] = diag
+        if parts:
+            res["diagnostics"] = _summarize(parts)
         results[length] = res
     model.train()
     return results

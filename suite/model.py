@@ -133,8 +133,9 @@ class Attention(nn.Module):
         except NotImplementedError:  # a plain-function variant: no weights to inspect
             return
         probe = self.probe
+        rows = probe.rows.to(q.device)  # (B, R): the batch's first B sequences are probed
+        q, k, x = q[:rows.shape[0]], k[:rows.shape[0]], x[:rows.shape[0]]
         B, H, T, Dh = q.shape
-        rows = probe.rows.to(q.device)  # (B, R)
         qs = self.attn.scale_q(q, x)  # (B, H, T, Dh)
         qr = qs.gather(2, rows[:, None, :, None].expand(B, H, rows.shape[1], Dh))  # (B,H,R,Dh)
         z = (qr.float() @ k.float().transpose(-1, -2)) / math.sqrt(Dh)  # (B, H, R, T)

@@ -87,3 +87,31 @@ def test_softmax_disperses_where_entmax_does_not():
     assert stats["softmax"]["support"].min() == 1024
     assert stats["entmax"]["support"].max() < 0.5 * 1024
     assert (stats["softmax"]["entropy_norm"] > stats["entmax"]["entropy_norm"]).all()
+
+
+def test_diagnostics_average_the_first_probe_sequences_however_batched(monkeypatch):
+    """The diagnostics of a length are the mean over its first PROBE_SEQUENCES sequences (each
+    weighted by its share), the same whether the evaluation batches hold one sequence or many;
+    with one probed sequence they differ (a single sequence is a noisy estimate)."""
+    import suite.evaluate as E
+
+    task = tasks.get("sort")
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=task.vocab_size, attention="entmax", n_heads=2,
+                                n_layers=2, d_model=32, head_dim=16))
+    width = task.sample(task.rng(0, "eval"), 64, 1).tokens.shape[1]
+
+    def diag(eval_tokens):
+        out = evaluate(model, task, [64], samples=12, seed=0, device=torch.device("cpu"),
+                       eval_tokens=eval_tokens)
+        return out[64]["diagnostics"]
+
+    monkeypatch.setattr(E, "PROBE_SEQUENCES", 10)
+    one_by_one, in_threes, at_once = diag(width), diag(3 * width), diag(64 * width)
+    for key in ("entropy_norm", "support", "max_weight"):
+        assert one_by_one[key] == pytest.approx(at_once[key], rel=1e-5), key
+        assert in_threes[key] == pytest.approx(at_once[key], rel=1e-5), key
+    monkeypatch.setattr(E, "PROBE_SEQUENCES", 1)
+    single = diag(64 * width)
+    assert any(single[key] != pytest.approx(at_once[key], rel=1e-5)
+               for key in ("entropy_norm", "support", "max_weight"))
