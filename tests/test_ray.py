@@ -290,10 +290,18 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
         # written beside the database, as the local executor writes them
         assert names == ["eval.json", "eval_table.json"]
 
-    out = io.StringIO()  # the same sweep again: nothing to do
+    # an attempt whose worker Ray lost (and reran) leaves a KILLED run beside the FINISHED one;
+    # nothing else may be there
+    before = [r for v in finished_runs(remote).values() for r in v]
+    extra = [(r.info.status, r.data.tags.get("suite.superseded_by"), r.data.tags.get("suite.error"))
+             for r in before if r.info.status != "FINISHED"]
+    assert all(status == "KILLED" and by for status, by, _ in extra), (extra, text)
+
+    out = io.StringIO()  # the same sweep again: nothing to do, no run added
     assert sweep_ray(cells, remote, cluster.address, progress=False, out=out) == 0
     assert out.getvalue().count("skipped, finished already") == 2
-    assert sum(len(v) for v in finished_runs(remote).values()) == 2
+    after = [r for v in finished_runs(remote).values() for r in v]
+    assert len(after) == len(before), (len(before), len(after), extra, text, out.getvalue())
 
 
 def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch, faults):
