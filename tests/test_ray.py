@@ -444,7 +444,7 @@ def test_exceptions_are_retried_then_recorded_failed(cluster, tmp_path, monkeypa
         for name in ("nan_attention_ray_test", "flaky_attention_ray_test"):
             REGISTRY.unregister(name)
     text = out.getvalue()
-    assert "FAILED: NonFiniteLoss" in text and "attempt 1 failed (RuntimeError" in text
+    assert "FAILED: NonFiniteLoss" in text and "attempt 1 failed (RuntimeError" in text, text
     by_hash = finished_runs(uri)
     nan, flaky = (by_hash[c.config_hash] for c in cells)
     assert [r.info.status for r in nan] == ["FAILED"]  # deterministic: no retry
