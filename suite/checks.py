@@ -94,14 +94,11 @@ def profile(name: str | None) -> None:
 # ----------------------------------------------------------------------------- a sweep's cells
 
 def git_commit() -> None:
-    """A stated commit (``$SUITE_GIT_COMMIT``) is one, or the sweep stops before any cell."""
-    from results.errors import StatedCommitError
+    """A stated commit (``$SUITE_GIT_COMMIT``) is one (``StatedCommitError`` otherwise), or the
+    sweep stops before any cell."""
     from results.gitinfo import git_state
 
-    try:
-        git_state()
-    except StatedCommitError as err:
-        raise SpecError(str(err)) from None
+    git_state()
 
 
 def cells(cells: Iterable, executor: str = "local") -> None:

@@ -7,6 +7,7 @@ import inspect
 import sys
 
 import attentions
+from results.errors import StatedCommitError
 
 from .profiles import PROFILES
 
@@ -369,16 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     restore = _terminate_as_interrupt()
     try:
         return args.func(args)
-    except attentions.SpecError as err:
+    except (attentions.SpecError, StatedCommitError) as err:
         print(f"suite: error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
-        from results.errors import StatedCommitError
-
-        if isinstance(err, StatedCommitError):  # e.g. `suite leaderboard`, which tags its run
-            print(f"suite: error: {err}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): one line, not a traceback
         print("\n" + INTERRUPTED.get(args.command, "suite: interrupted"), file=sys.stderr)
         return 130
