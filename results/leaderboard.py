@@ -77,8 +77,14 @@ DIAGNOSTICS: dict[str, Diagnostic] = {d.name: d for d in (
                "the largest weight of a row: whether attention to one key survives the keys "
                "added by length"),
     Diagnostic("target_mass", "target mass",
-               "the weight on the positions that hold the answer (MQMTAR's key-value pair, the "
-               "needle, the last write), for tasks that know them"),
+               "the weight on the positions that hold a row's answer (MQMTAR: the pair of the "
+               "query whose value the row predicts; in runs of commit 515fdd9 and before, the "
+               "keys of all four queries on every probe row; niah: the needle; flip_flop: the last write), for tasks that "
+               "know them"),
+    Diagnostic("target_mass_top", "target mass, top head",
+               "the target mass of the head with the most (largest mean over probe rows of "
+               "any head of any layer): the head that finds the answer, whose share the mean "
+               "over every head dilutes; in runs after commit 515fdd9", every_row=False),
     Diagnostic("scale", "learned scale",
                "the factor of the queries at the probe rows (SSMax s_h log n, ASEntmax "
                "delta + beta (log n)^gamma), mean over the scaled heads; only attentions that "

@@ -5,10 +5,11 @@ exact match at the cost of one forward pass. Batches hold about ``eval_tokens`` 
 memory stays bounded at the longest lengths (batch 1 at 65,536 with the default budget).
 The samples of a (task, seed, length) are the same for every attention.
 
-Diagnostics (docs/paper.md, "What to measure"), on the scored query rows of the first batch
-per length, per layer and head: normalized entropy H(p)/log n, support size |{p > 0}|, max
-weight, mass on the target positions (tasks that know them), and the learned length scale
-(variants that learn one).
+Diagnostics (docs/paper.md, "What to measure"), on up to PROBE_ROWS scored rows of each of the
+first PROBE_SEQUENCES sequences per length, per layer and head: normalized entropy H(p)/log n,
+support size |{p > 0}|, max weight, the mass on the positions that hold each row's answer
+(``Task.answer_positions``, tasks that know them; mean over heads and the top head), and the
+learned length scale (variants that learn one).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def eval_rng(task, seed: int, length: int, purpose: int = 0) -> np.random.Genera
     return task.rng(derived, "eval")
 
 
-def _probe(batch, device, n: int) -> Probe | None:
-    """The probe of the batch's first ``n`` sequences: up to PROBE_ROWS scored rows each."""
+def _probe(task, batch, device, n: int) -> Probe | None:
+    """The probe of the batch's first ``n`` sequences: up to PROBE_ROWS scored rows each, with
+    the positions that hold each row's answer (``task.answer_positions``)."""
     scored = (batch.targets != -100)[:n]  # (n, T)
     count = int(scored.sum(1).min())
     if count == 0:
@@ -40,22 +42,29 @@ def _probe(batch, device, n: int) -> Probe | None:
     R = min(PROBE_ROWS, count)
     pos = torch.arange(scored.shape[1]).expand_as(scored)
     rows = torch.where(scored, pos, -1).topk(R, dim=1).values.sort(dim=1).values  # (n, R)
-    targets = batch.meta.get("target_positions")
-    if targets is not None:
-        targets = targets[:n].reshape(rows.shape[0], -1)[:, None, :].expand(-1, R, -1)
+    targets = task.answer_positions(batch, rows)  # (n, R, K) or None
+    if targets is not None and not bool((targets >= 0).any()):
+        targets = None  # no probed row needs a position: no target mass from this batch
     return Probe(rows=rows.to(device), targets=None if targets is None else targets.to(device))
 
 
 def _summarize(parts: list[tuple[list[dict], int]]) -> dict:
     """Per-layer, per-head lists and overall means of the probe statistics, each probed batch
-    weighted by its number of sequences (``parts``: (the probe's stats, sequences))."""
+    weighted by its number of sequences (``parts``: (the probe's stats, sequences)); a
+    statistic from the batches that have it. For the target mass also its largest per-head
+    value (``target_mass_top``): the head that finds the answer, which the mean over every
+    head of every layer dilutes."""
     out: dict = {}
-    total = sum(n for _, n in parts)
-    for key in parts[0][0][0] if parts and parts[0][0] else ():
-        layers = [sum(stats[layer][key].float().cpu() * n for stats, n in parts) / total
-                  for layer in range(len(parts[0][0]))]  # one (H,) per layer
+    keys = dict.fromkeys(k for stats, _ in parts if stats for k in stats[0])
+    for key in keys:
+        have = [(stats, n) for stats, n in parts if stats and key in stats[0]]
+        total = sum(n for _, n in have)
+        layers = [sum(stats[layer][key].float().cpu() * n for stats, n in have) / total
+                  for layer in range(len(have[0][0]))]  # one (H,) per layer
         out[key] = float(torch.cat(layers).mean())
         out[f"{key}_heads"] = [layer.tolist() for layer in layers]
+        if key == "target_mass":
+            out["target_mass_top"] = float(torch.cat(layers).max())
     return out
 
 
@@ -74,7 +83,7 @@ def evaluate(model: Decoder, task, lengths: Iterable[int], samples: int, seed: i
             batch = task.sample(rng, length, min(bs, samples - done))
             bs = max(1, eval_tokens // batch.tokens.shape[1])
             n = min(batch.batch_size, PROBE_SEQUENCES - probed) if diagnostics else 0
-            probe = _probe(batch, device, n) if n > 0 else None
+            probe = _probe(task, batch, device, n) if n > 0 else None
             model.set_probe(probe)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(batch.tokens.to(device))

@@ -96,7 +96,8 @@ class Probe:
     """Query rows whose attention is inspected during evaluation, and what is collected."""
 
     rows: torch.Tensor  # (B, R) query positions
-    targets: torch.Tensor | None = None  # (B, R, K) key positions that hold the answer, or None
+    targets: torch.Tensor | None = None  # (B, R, K) positions that hold each row's answer
+    # (-1: none; a row with none is left out of the target mass), or None
     stats: list = dataclasses.field(default_factory=list)  # one dict per layer
 
 
@@ -156,7 +157,8 @@ class Attention(nn.Module):
             tg = probe.targets.to(q.device)  # (B, R, K)
             idx = tg.clamp_min(0)[:, None].expand(B, H, *tg.shape[1:])  # (B, H, R, K)
             mass = (p.gather(-1, idx) * (tg >= 0)[:, None].float()).sum(-1)  # (B, H, R)
-            stat["target_mass"] = mass.mean(dim=(0, 2))
+            needs = (tg >= 0).any(-1)[:, None].float()  # (B, 1, R): rows that have an answer
+            stat["target_mass"] = (mass * needs).sum(dim=(0, 2)) / needs.sum().clamp_min(1)
         factor = self.attn.length_scale(x, T)  # (B or 1, H_s, T), or None
         if factor is not None:  # the learned scale at the probe rows, mean per scaled head
             idx = rows[:, None, :].expand(-1, factor.shape[1], -1)  # (B, H_s, R)

@@ -98,6 +98,19 @@ class Task:
         """A fresh accumulator of this task's metrics."""
         return Meter(tuple(self.metrics))
 
+    def answer_positions(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor | None:
+        """The token positions that hold the answer of each probed row (the attention
+        diagnostics' target mass): (B, R, K) for ``rows`` (B, R) of the batch's first B
+        sequences, -1 where a row has fewer (or none), or None for a task that knows none. By
+        default every row gets all of ``meta["target_positions"]`` (flip_flop's last write,
+        niah's needle); a task whose rows answer different things (MQMTAR's queries) says
+        which row needs which."""
+        found = batch.meta.get("target_positions")
+        if found is None:
+            return None
+        found = found[: rows.shape[0]].reshape(rows.shape[0], -1)
+        return found[:, None, :].expand(-1, rows.shape[1], -1)
+
     def fail(self, message: str) -> SpecError:
         return SpecError(f"{self.spec}: {message}")
 

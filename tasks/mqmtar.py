@@ -6,9 +6,11 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
 
 from .api import register
 from .base import Batch, Specials, Task, as_batch, check, seq2seq_arrays, seq2seq_parts
+from .metrics import IGNORE
 
 SPACE, KV_SEP, Q_SEP = 0, 1, 2  # token ids; symbol s is token s + 3
 FIRST_SYMBOL = 3
@@ -112,6 +114,21 @@ class MQMTAR(Task):
         return as_batch(
             tokens, targets, length, target_positions=key_pos, value_positions=value_pos
         )
+
+    def answer_positions(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor | None:
+        """A row that predicts a value token of query i needs query i's pair: its key, the
+        ``:`` and its value (``key_len + 1 + value_len`` positions); a row that predicts a
+        ``?`` or the end needs nothing (-1)."""
+        b = rows.shape[0]
+        keys = batch.meta["target_positions"][:b]  # (B, Q, K)
+        sep = (batch.targets[:b] != IGNORE).int().argmax(1)  # (B,) the first scored position
+        step = self.value_len + 1  # "? v1 v2" per query
+        offset = rows - sep[:, None]  # (B, R): which target token the row predicts
+        query = (offset // step).clamp(0, self.queries - 1)
+        needs = (offset % step != 0) & (offset > 0) & (offset < self.queries * step)
+        first = keys[torch.arange(b)[:, None], query, 0]  # (B, R) the pair's first token
+        pair = first[..., None] + torch.arange(self.key_len + 1 + self.value_len)
+        return torch.where(needs[..., None], pair, -1)
 
     def strings(self, rng: np.random.Generator, b: int, n: int, size: int) -> np.ndarray:
         """``n`` distinct ``size``-token strings per row, as token ids (B, n, size)."""

@@ -64,7 +64,7 @@ def test_evaluate_returns_diagnostics_per_length(name):
         assert 0 <= d["entropy_norm"] <= 1 and 1 <= d["support"] and 0 < d["max_weight"] <= 1
         assert len(d["support_heads"]) == 2 and len(d["support_heads"][0]) == 4
         if "target_positions" in task.sample(task.rng(0, "eval"), length, 1).meta:
-            assert 0 <= d["target_mass"] <= 1
+            assert 0 <= d["target_mass"] <= d["target_mass_top"] <= 1
         else:
             assert "target_mass" not in d
 
@@ -115,3 +115,71 @@ def test_diagnostics_average_the_first_probe_sequences_however_batched(monkeypat
     single = diag(64 * width)
     assert any(single[key] != pytest.approx(at_once[key], rel=1e-5)
                for key in ("entropy_norm", "support", "max_weight"))
+
+
+def test_mqmtar_rows_need_their_own_query_pair():
+    """Each scored row of MQMTAR that predicts a value token needs exactly the pair of that
+    query: read back from the tokens, the positions hold ``k1 k2 : v1 v2`` with the query's
+    key (from the query section) and the value the row's query is answered with; a row that
+    predicts ``?`` or the end needs nothing."""
+    from tasks.mqmtar import KV_SEP, Q_SEP
+
+    task = tasks.get("mqmtar")
+    batch = task.sample(task.rng(3, "eval"), 256, 4)
+    scored = batch.targets != -100
+    rows = torch.stack([row.nonzero()[:, 0] for row in scored])  # every scored row
+    need = task.answer_positions(batch, rows)  # (B, R, K)
+    assert need.shape == (4, rows.shape[1], task.key_len + 1 + task.value_len)
+    step = task.value_len + 1
+    for b in range(4):
+        sep = int(rows[b, 0])
+        queries = batch.tokens[b, sep - task.queries * (task.key_len + 1):sep]
+        queries = queries.reshape(task.queries, task.key_len + 1)
+        for r, pos in zip(rows[b].tolist(), need[b]):
+            offset = r - sep
+            predicted = int(batch.targets[b, r])
+            if offset % step == 0:  # predicts "?" (Q_SEP) or the end
+                assert (pos == -1).all() and predicted in (Q_SEP, task.specials.eos)
+                continue
+            i = offset // step
+            pair = batch.tokens[b, pos].tolist()
+            assert queries[i, 0] == Q_SEP and pair[:task.key_len] == queries[i, 1:].tolist()
+            assert pair[task.key_len] == KV_SEP
+            answer = batch.targets[b, sep + i * step + 1:sep + (i + 1) * step].tolist()
+            assert pair[task.key_len + 1:] == answer and predicted in answer
+
+
+def test_target_mass_leaves_out_rows_without_an_answer():
+    """Rows whose answer positions are all -1 do not count in the target mass: uniform
+    attention, rows 3 (needs keys 0, 1), 9 (needs nothing), 15 (needs key 2)."""
+    model = _flat_model("softmax")
+    rows = torch.tensor([[3, 9, 15]])
+    targets = torch.tensor([[[0, 1], [-1, -1], [2, -1]]])
+    probe = Probe(rows=rows, targets=targets)
+    model.set_probe(probe)
+    model(torch.randint(0, 20, (1, 16)))
+    want = (2 / 4 + 1 / 16) / 2
+    torch.testing.assert_close(probe.stats[0]["target_mass"].double(),
+                               torch.full((2,), want, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_summary_weights_batches_and_reports_the_top_head():
+    """Per head, the mean over probed batches weighted by their sequences; ``target_mass_top``
+    is the largest per-head value over every layer; a statistic only some batches have is
+    the mean of those."""
+    from suite.evaluate import _summarize
+
+    def stats(mass, scale=None):
+        return [{"target_mass": torch.tensor(m), **({"scale": torch.tensor(scale)}
+                                                   if scale is not None else {})}
+                for m in mass]
+
+    parts = [(stats([[0.1, 0.9], [0.2, 0.0]], [1.0, 1.0]), 3),
+             (stats([[0.5, 0.1], [0.2, 0.4]]), 1)]
+    out = _summarize(parts)
+    heads = [[(0.1 * 3 + 0.5) / 4, (0.9 * 3 + 0.1) / 4], [0.2, 0.4 / 4]]
+    for got, want in zip(out["target_mass_heads"], heads, strict=True):
+        assert got == pytest.approx(want)
+    assert out["target_mass"] == pytest.approx(sum(map(sum, heads)) / 4)
+    assert out["target_mass_top"] == pytest.approx(0.7)
+    assert out["scale"] == pytest.approx(1.0)  # from the first batch only
