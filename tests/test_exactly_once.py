@@ -259,6 +259,47 @@ def test_two_sweeps_on_one_offline_log(tmp_path, registered):
     assert tracker.finished("flip_flop", cell.config_hash)
 
 
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_with_workers_ends_its_runs_killed(tmp_path, registered):
+    """SIGTERM (what `timeout` and batch schedulers send) to `suite run --jobs 2` while a worker
+    trains: one line, no traceback; the worker's run goes into the log ended KILLED (not lost
+    with the worker's temporary log, which goes too); the same command then trains the cell
+    in a new run, FINISHED, beside the KILLED one."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = environment(SUITE_TEST_GATE=gate, TMPDIR=tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    log = tmp_path / "runs.jsonl"
+    argv = [*SMOKE, "--attention", "gate_test", "--attention", "softmax", "--plugin",
+            str(registered), "--jobs", "2", "--tracking-uri", f"jsonl:{log}"]
+    first = Suite(argv, tmp_path, env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (gate / "holding").exists():  # the gate cell is in its first step
+            assert first.guard.poll() is None, first.out[-3000:]
+            assert time.monotonic() < deadline, "the gate cell never started"
+            time.sleep(0.1)
+        os.kill(first.pid(), signal.SIGTERM)
+        assert first.wait(60) == 130, first.out[-3000:]
+    finally:
+        first.stop()
+    assert "Traceback" not in first.out, first.out[-3000:]
+    assert re.search(r"gate_test .*: interrupted; its run is marked KILLED", first.out)
+    assert not list((tmp_path / "tmp").glob("suite-cells-*"))  # the worker logs went
+    tracker = JsonlTracker(f"jsonl:{log}")
+    (cell, _) = plan(["gate_test", "softmax"], None, "smoke", 1, "cpu")
+    (killed,) = tracker.runs("flip_flop", cell.config_hash)
+    assert tracker.runs("flip_flop", cell.config_hash, "KILLED") == [killed]
+
+    (gate / "open").touch()
+    code, out = run_suite(argv, tmp_path, env)
+    assert code == 0, out[-3000:]
+    assert re.search(r"gate_test .*: done in", out)
+    (done,) = tracker.runs("flip_flop", cell.config_hash, "FINISHED")
+    assert done != killed and tracker.runs("flip_flop", cell.config_hash, "KILLED") == [killed]
+    assert not tracker.runs("flip_flop", status="RUNNING")
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 @pytest.fixture(scope="module")

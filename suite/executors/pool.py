@@ -7,8 +7,10 @@ its cell with ``suite.cpu.threads()`` torch threads: a cell's numbers do not dep
 on how many cores the machine has. A worker logs its cell to an offline log of its own
 (``results.offline``); this process, the only one that writes to the store, imports the log
 when the cell ends (FINISHED, or FAILED with its error), so no two processes ever write one
-SQLite file. Finished cells are skipped by config hash before any worker starts; an
-interrupted sweep leaves each cell its last checkpoint, from which the same command resumes.
+SQLite file. Finished cells are skipped by config hash before any worker starts. An
+interrupted sweep (Ctrl-C, SIGTERM) stops its workers with SIGTERM, which ends each run in
+progress KILLED, and moves those runs into the store too (KILLED, with their history so far);
+each cell keeps its last checkpoint, from which the same command resumes in a new run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -34,6 +38,7 @@ def _init(parent: int, plugins: list[str]) -> None:
     is gone (even by ``kill -9``), the CPU settings and torch threads, then the plugins the
     cells need."""
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGTERM, _stop)
     cpu.apply()
     n = str(cpu.threads())
     os.environ.setdefault("OMP_NUM_THREADS", n)
@@ -44,6 +49,12 @@ def _init(parent: int, plugins: list[str]) -> None:
 
     torch.set_num_threads(cpu.threads())
     load_plugins(plugins)
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM from the sweep's ``Workers.close``: end as Ctrl-C does, so that the run in
+    progress ends KILLED in the worker's log."""
+    raise KeyboardInterrupt
 
 
 def _watch(parent: int) -> None:
@@ -65,6 +76,8 @@ def _work(cell: Cell, log_uri: str, ckpt_dir: str) -> dict:
     except Exception as err:  # the offline log holds the FAILED run and its error
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc()}
+    except KeyboardInterrupt:  # SIGTERM from Workers.close, or Ctrl-C: the log holds the run
+        os._exit(130)  # ended KILLED; the worker is done (the sweep is stopping)
     return {"status": "finished", "seconds": time.perf_counter() - t0,
             "ladder": ladder(results)}
 
@@ -139,16 +152,59 @@ class Workers:
         return failed
 
     def close(self) -> None:
-        """Stop the workers (those still running are ended: their cells resume from their
-        checkpoints next time) and give back the claims of their cells."""
+        """Stop the workers and give back the claims of their cells. Cells still running are
+        interrupted: SIGTERM ends each run KILLED in its worker's log (a worker that has not
+        ended after ``STOP_S`` is killed, and its run ended KILLED here), the logs go into the
+        store, and the cells resume from their checkpoints next time."""
         if self.running:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())  # shutdown
+            self.pool.shutdown(wait=False, cancel_futures=True)  # forgets them
+            for proc in procs:
                 proc.terminate()
-            for *_, claim in self.running.values():
-                claim.release()
+            deadline = time.monotonic() + STOP_S
+            for proc in procs:
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+            for head, _, log, _, claim in self.running.values():
+                try:
+                    if _ended_killed(log):
+                        _store(self.tracker, log)
+                        self.say(f"{head}: interrupted; its run is marked KILLED and resumes "
+                                 "from its last checkpoint")
+                except Exception as err:  # the sweep is stopping anyway: say where it is
+                    self.say(f"{head}: interrupted; its log could not be stored ({err}); it "
+                             f"stays in {log}")
+                finally:
+                    claim.release()
             self.running.clear()
         else:
             self.pool.shutdown()
-        if self.tmp.exists() and not any(self.tmp.iterdir()):
-            self.tmp.rmdir()
+        if self.tmp.exists() and all(p.name.endswith(".lock") for p in self.tmp.iterdir()):
+            shutil.rmtree(self.tmp, ignore_errors=True)  # every log went to the store
+
+
+#: seconds the workers of an interrupted sweep get to end their runs KILLED
+STOP_S = 20.0
+
+
+def _ended_killed(log: Path) -> bool:
+    """An interrupted worker's log made whole: cut after its last complete line, and a run
+    the worker could not end, ended KILLED; False when it holds no run (the cell had not
+    started)."""
+    from results.offline import JsonlTracker
+
+    if not log.exists():
+        return False
+    data = log.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if whole != data:
+        log.write_bytes(whole)
+    tracker = JsonlTracker(f"jsonl:{log}")
+    found = tracker._runs()
+    for run, r in found.items():
+        if r["status"] == "RUNNING":
+            tracker.end(run, "KILLED", {"suite.error": "interrupted: the sweep stopped before "
+                                        "the cell ended; it resumes from its last checkpoint"})
+    return bool(found)
