@@ -103,13 +103,29 @@ def device_name(device: str) -> str:
 
 
 def _kernel(cell: Cell, model) -> str:
+    """The backend that runs the model's attention in training, resolved as its training calls
+    resolve it: with the model's position bias (softmax under ALiBi or NAPE goes to
+    FlexAttention on CUDA) and the shape of a batch at the longest training length (on the CPU
+    the choice depends on the row length; evaluation's longer rows may go elsewhere)."""
     from attentions.backends import resolve
+    from attentions.normalizer import Alibi
 
-    attn = model.blocks[0].attn.attn
+    block = model.blocks[0].attn
     try:
-        return resolve(cell.backend, attn.normalizer(), torch.device(cell.device)).NAME
+        norm = block.attn.normalizer()
     except NotImplementedError:  # a plain-function variant is its own kernel
         return "function"
+    slopes = getattr(block, "slopes", None)
+    bias = Alibi(slopes) if slopes is not None and block.cfg.pe in ("alibi", "nape") else None
+    task = tasks.get(cell.task)
+    width = task.sample(task.rng(0, "eval"), task.train_length, 1).tokens.shape[1]
+    _, budget = cell.size_budget
+    size = (budget.batch_size, block.cfg.n_heads, width, width)
+    device = torch.device(cell.device)
+    try:
+        return resolve(cell.backend, norm, device, bias=bias, size=size).NAME
+    except RuntimeError:  # a named backend without this bias: as the call resolves it then
+        return resolve(cell.backend, norm, device).NAME
 
 
 def _environment_tags(cell: Cell) -> dict[str, str]:

@@ -317,3 +317,29 @@ def test_the_main_jobs_path_repeats_bit_for_bit(tmp_path, monkeypatch, capsys):
     for att, values in first.items():
         assert "exact_match_L512" in values and "best_step" in values
         assert values == second[att], att
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs CUDA"))])
+@pytest.mark.parametrize("attention", ["softmax", "entmax", "asentmax"])
+@pytest.mark.parametrize("task", ["sort", "mqmtar"])
+def test_backend_tag_names_the_training_calls_backend(attention, task, device):
+    """``suite.backend`` is the backend the model's attention resolves for a training batch
+    (with its position bias and shape), not a resolution without them (on CUDA, softmax
+    under NAPE runs FlexAttention, which the tag said was torch)."""
+    from suite import profiles
+    from suite.run import _kernel
+    from suite.train import Cell, build_model
+
+    cell = Cell(attention, task, 0, profiles.get("quick"), device, "auto")
+    model = build_model(cell).to(device)
+    import tasks as registry
+
+    t = registry.get(task)
+    _, budget = cell.size_budget
+    batch = t.sample(t.rng(0, "train"), t.train_length, budget.batch_size)
+    with torch.no_grad():
+        model(batch.tokens.to(device))
+    used = model.blocks[0].attn.attn.__dict__["_last_kernel"].NAME
+    assert _kernel(cell, model) == used
