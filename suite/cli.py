@@ -171,11 +171,16 @@ def cmd_bench_train(args) -> int:
             raise attentions.SpecError(f"--cells {args.cells}: give counts >= 1, e.g. 1,2,4")
         atts = [attentions.canonical_spec(a) for a in (args.attention or
                                                        bench_train.ATTENTIONS)]
-        if bench_train.BASELINE not in atts:
-            atts.insert(0, bench_train.BASELINE)
+        if args.backend != "auto":
+            from . import checks
+            from . import profiles as P
+
+            pe = P.get(args.profile or ("paper" if device == "cuda" else "quick")).pe
+            for att in atts:
+                checks._backend(att, args.backend, device, pe)
         result = bench_train.run(args.task or list(bench_train.TASKS), atts, args.profile, device,
                                  steps=args.train_steps, warmup=args.warmup, cells=cells,
-                                 out=args.out)
+                                 out=args.out, backend=args.backend)
     print(bench_train.format_table(result))
     if not args.no_log:
         from results.schema import BENCH_TRAIN
@@ -353,6 +358,9 @@ def parser() -> argparse.ArgumentParser:
                     help="with --train: cells per device to time packed, e.g. 1,2,4,8")
     sp.add_argument("--out", default=None, metavar="PATH",
                     help="with --train: also write the table as JSON (for --from-json)")
+    sp.add_argument("--backend", default="auto",
+                    help="with --train: the kernel backend the attentions are timed on "
+                    "(default auto); the softmax baseline is timed on auto as well")
     sp.set_defaults(func=cmd_bench)
     return p
 

@@ -87,8 +87,9 @@ def test_suite_bench_train_logs_throughput_and_reads_its_json_back(tmp_path, mon
     assert "training throughput" in out and "logged: bench_train run" in out
     lines = [ln.split() for ln in out.splitlines() if ln.startswith("flip_flop")]
     assert [ln[1] for ln in lines] == ["softmax", "entmax"]
-    assert lines[0][7] == "1.00"  # softmax against itself; entmax's ratio is a number
-    float(lines[1][7])
+    assert lines[1][2] in ("numba", "torch")  # the backend that ran entmax's training calls
+    assert lines[0][8] == "1.00"  # softmax against itself; entmax's ratio is a number
+    float(lines[1][8])
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench_train")
     (run,) = client.search_runs([exp.experiment_id])
@@ -97,3 +98,29 @@ def test_suite_bench_train_logs_throughput_and_reads_its_json_back(tmp_path, mon
             "median_ms.train.flip_flop.entmax.train_step"} <= set(run.data.metrics)
     assert main(["bench", "--from-json", str(table), "--tracking-uri", uri]) == 0
     assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_suite_bench_train_times_a_named_backend_beside_the_baseline(tmp_path, monkeypatch,
+                                                                     capsys):
+    """`--backend NAME` times the attentions on that backend; the softmax baseline stays on
+    auto, a row of its own, so that both paths of softmax are timed in one run. Each row names
+    the backend that ran; a backend that cannot run here is refused before anything is timed."""
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--train", "--task", "flip_flop", "--profile", "smoke", "--train-steps",
+            "2", "--warmup", "1", "--no-log", "--out", str(tmp_path / "t.json")]
+    assert main([*args, "--attention", "softmax", "--attention", "entmax",
+                 "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("flip_flop")]
+    assert [(ln[1], ln[2]) for ln in lines][1:] == [("softmax@torch", "torch"),
+                                                   ("entmax@torch", "torch")]
+    assert lines[0][1] == "softmax" and lines[0][8] == "1.00"
+    import json
+
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["requested_backend"] for r in rows] == ["auto", "torch", "torch"]
+    assert rows[1]["ratio_to_softmax"] == rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    assert main([*args, "--attention", "entmax", "--backend", "triton"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend triton" in err and "not usable on this machine" in err
+    assert "training throughput" not in capsys.readouterr().out
