@@ -153,6 +153,45 @@ DESCRIPTION = (
     "are ranked by.")
 
 
+CUT = "(cut here to fit the run's note; the whole report is the artifact leaderboard.md)"
+
+
+def _diagnostics_head(para: str) -> bool:
+    """The first paragraph of a task's diagnostics: the report's ``### <task>: attention
+    diagnostics`` heading, or the README section's sentence."""
+    return (para.startswith("### ") and para.endswith(": attention diagnostics")) or (
+        para.startswith("Attention diagnostics against length"))
+
+
+def note_of(md: str, limit: int = NOTE_LIMIT) -> str:
+    """The leaderboard run's note (an MLflow tag, so at most ``limit`` characters): the whole
+    report when it fits; else the report with each task's diagnostics tables replaced by a line
+    that says where they are; else that, cut after the last paragraph that fits. Never a table
+    cut in half."""
+    if len(md) <= limit:
+        return md
+    kept, skipping = [], False
+    for para in md.split("\n\n"):
+        if _diagnostics_head(para):
+            skipping = True
+            kept.append(para.split("\n")[0] if para.startswith("#") else para.split(":")[0])
+            kept.append("(the diagnostics tables: in the artifact leaderboard.md)")
+        elif skipping and not para.startswith(("#", "**")):
+            continue  # a diagnostics table, its title or its caption
+        else:
+            skipping = False
+            kept.append(para)
+    text = "\n\n".join(kept)
+    if len(text) <= limit:
+        return text
+    out = ""
+    for para in kept:
+        if len(out) + len(para) + 2 * len("\n\n") + len(CUT) > limit:
+            break
+        out += para + "\n\n"
+    return out + CUT
+
+
 def metric_name(task: str, attention: str) -> str:
     """``score/<task>/<attention>`` in the characters MLflow allows in a metric key."""
     return re.sub(r"[^0-9A-Za-z_./ -]", "_", f"score/{task}/{attention}")
@@ -164,7 +203,7 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
     from .tracking import TrackingError, store_errors
 
     md = next((p.read_text() for p in rep.files if p.suffix == ".md"), "")
-    note = md if len(md) <= NOTE_LIMIT else md[:NOTE_LIMIT] + "\n\n(cut: see leaderboard.md)"
+    note = note_of(md)
     tags = {schema.KIND: schema.LEADERBOARD, schema.tag("profile"): rep.profile or "",
             "mlflow.note.content": note, **{schema.tag(k): v for k, v in git_state().items()}}
     params = {"profile": rep.profile or "", "rows": rep.table.height,

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from results import leaderboard as lb
 from results import readme
 from results import reference as ref
-from results.report import latest, make
+from results.report import CUT, latest, make, note_of
 from results.tracking import Tracker
 from suite.cli import main
 
@@ -131,6 +131,7 @@ def test_report_and_readme_show_the_reference_diagnostics(store, tmp_path, capsy
     got = json.loads(Path(client.download_artifacts(run_id, "diagnostics_table.json",
                                                     str(tmp_path / "dl"))).read_text())
     assert "support_mean" in got["columns"] and len(got["data"]) == rep.diagnostics.height
+    assert client.get_run(run_id).data.tags["mlflow.note.content"] == note_of(md)
 
     # the README section, written between the repro profile's markers of a copy
     begin, end = readme.markers("repro")
@@ -207,3 +208,29 @@ def test_plain_function_plugin_beside_softmax(store, tmp_path, capsys):
     assert "learned scale" not in md
     section = readme.section(Tracker(store), rep.profile, rep.records, rep.reference_runs)
     assert md_rows(section, "*support size")[plain] == ["-"] * len(lengths)
+
+
+def test_the_runs_note_keeps_whole_tables_when_the_report_is_too_long():
+    """The leaderboard run's note is an MLflow tag (8000 characters at most). A report that
+    does not fit loses its diagnostics tables first (a line says where they are), then whole
+    paragraphs from the end; a table is never cut in half, and the main table stays."""
+    recs, _ = ref.load([SORT_LOG])
+    recs = ref.rows_for(recs, "repro", ["sort"])
+    tab, diag = lb.table(recs), lb.diagnostics(recs)
+    text = lb.markdown(tab, None, "", diag)
+    assert note_of(text, limit=len(text)) == text
+    short = note_of(text, limit=len(text) - 1)
+    assert "*support size" in text and "*support size" not in short
+    assert "### sort: attention diagnostics" in short
+    assert "(the diagnostics tables: in the artifact leaderboard.md)" in short
+    assert md_rows(short, "exact match %") == md_rows(text, "exact match %")
+    main_table = text.index("exact match %")
+    tiny = note_of(text, limit=main_table + 200)  # room for the heading, not for the table
+    assert tiny.endswith(CUT) and len(tiny) <= main_table + 200
+    assert "| " not in tiny  # no row of a table that did not fit
+    for limit in range(len(CUT) + 10, len(text), 97):  # wherever the cut falls
+        note = note_of(text, limit=limit)
+        assert len(note) <= limit
+        for para in note.split("\n\n"):
+            if para.startswith("|"):
+                assert para in text.split("\n\n")  # a whole table of the report

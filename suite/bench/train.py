@@ -35,8 +35,8 @@ import tasks
 
 from .. import profiles as P
 from ..data import Batches
-from ..step import Stepper
 from ..run import _kernel
+from ..step import Stepper
 from ..train import LOG_EVERY, Cell, build_model, lr_at
 
 BASELINE = "softmax"
