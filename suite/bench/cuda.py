@@ -276,12 +276,13 @@ def _graphed(step):
 
 def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
     """Forward+backward at training shapes (B, H, T, D), bf16, causal: SDPA's default backend,
-    our fused entmax-1.5, softmax+NAPE on FlexAttention and ours with NAPE, each eagerly and
-    replayed from a CUDA graph (the training step runs as one graph)."""
+    our fused entmax-1.5, softmax+NAPE on FlexAttention and as SDPA with a dense mask, and ours
+    with NAPE, each eagerly and replayed from a CUDA graph (the training step runs as one
+    graph)."""
     from attentions.backends import torch_backend
 
     fns = {"sdpa": _sdpa, "triton_entmax15": _ours(1.5),
-           "flex_softmax_nape": None, "triton_entmax15_nape": None,
+           "flex_softmax_nape": None, "sdpa_dense_nape": None, "triton_entmax15_nape": None,
            "torch_entmax15": None}
     out = []
     for B, Hh, T, Dh in shapes:
@@ -294,6 +295,10 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
 
         fns["flex_softmax_nape"] = lambda q, k, v, b=bias, n=soft: flex_backend.attention(
             q, k, v, norm=n, bias=b)
+        # softmax+NAPE as SDPA with a dense float mask (bias and causality, built in the call
+        # as the torch backend builds it on the CPU): the other candidate for training lengths
+        fns["sdpa_dense_nape"] = lambda q, k, v, b=bias, n=soft: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=torch_backend._mask(q, k, n, True, b, q.shape[-1] ** -0.5))
         fns["triton_entmax15_nape"] = lambda q, k, v, b=bias, n=ent: TB.attention(
             q, k, v, norm=n, bias=b)
         fns["torch_entmax15"] = lambda q, k, v, n=ent: torch_backend.attention(q, k, v, norm=n)
