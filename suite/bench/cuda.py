@@ -20,7 +20,8 @@ backend in float32 on the first 2 heads (a check that the timed kernel computes 
 Every cell catches its own failure and prints it, so one call gives the whole table.
 ``--sweep`` first times a few block configurations of our kernels (forward, dK/dV, dQ);
 ``--train-shapes`` times forward+backward at training shapes, eagerly and as CUDA-graph
-replays (how the training step runs them).
+replays (how the training step runs them); ``--train-sweep`` times block configurations of our
+kernels there (``sweep_train_shapes``). ``--lengths ""`` leaves out the long-T table.
 """
 
 from __future__ import annotations
@@ -329,6 +330,54 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
     return out
 
 
+#: forward blocks tried at training shapes: the long-T choice (128 query rows) and smaller
+#: blocks, which waste fewer masked rows when a row sees at most a tile or two of keys
+SHORT_FWD_CFGS = ["128,64,4,3", "64,64,4,3", "64,64,4,2", "64,32,4,2", "32,64,4,2", "32,32,4,2"]
+
+
+def sweep_train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
+    """Block configurations of our alpha=1.5 kernels at training shapes: forward+backward
+    replayed from a CUDA graph (as the training step runs it), one kernel's blocks varied at a
+    time (SUITE_TRITON_BLOCKS_<KIND>), the others at their default; "default" rows first."""
+    from attentions.backends import triton_backend as TB
+    from attentions.normalizer import Normalizer
+
+    ent = Normalizer("entmax", alpha=1.5)
+    out = []
+    for B, Hh, T, Dh in shapes:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, Hh, T, Dh, device="cuda", dtype=torch.bfloat16, generator=g)
+                   .requires_grad_() for _ in range(3))
+        dy = torch.randn(q.shape, device="cuda", dtype=q.dtype, generator=g)
+
+        def step(q=q, k=k, v=v, dy=dy):
+            TB.attention(q, k, v, norm=ent).backward(dy)
+
+        tried = [("default", None)] + [(kind, cfg) for kind, cfgs in (
+            ("fwd", SHORT_FWD_CFGS), ("dkdv", DKDV_CFGS), ("dq", DQ_CFGS)) for cfg in cfgs]
+        for kind, cfg in tried:
+            env = {} if cfg is None else {f"SUITE_TRITON_BLOCKS_{kind.upper()}": cfg}
+            row = {"B": B, "H": Hh, "T": T, "D": Dh, "kernel": kind, "cfg": cfg}
+            old = {key: os.environ.get(key) for key in env}
+            os.environ.update(env)
+            try:
+                step()
+                row["fwdbwd_graph_ms"] = _graphed(step)
+            except Exception as err:
+                row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            finally:
+                for key, val in old.items():
+                    if val is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = val
+            out.append(row)
+            print(json.dumps(row), flush=True)
+            q.grad = k.grad = v.grad = None
+        torch.cuda.empty_cache()
+    return out
+
+
 def once(T: int, impl: str = "both") -> None:
     """One forward of ours and/or SDPA flash at (2, 16, T, 64) bf16, after one warm-up call:
     a target for a profiler (``ncu --launch-skip 1 ... python -m suite.bench.cuda --once T``)."""
@@ -438,6 +487,8 @@ def main(argv=None) -> int:
                     help="first time the forward under pass-count variants")
     ap.add_argument("--train-shapes", action="store_true",
                     help="first time forward+backward at training shapes (torch vs triton)")
+    ap.add_argument("--train-sweep", action="store_true",
+                    help="last, time block configurations of our kernels at training shapes")
     ap.add_argument("--once", type=int, default=None, metavar="T",
                     help="run one forward (after a warm-up) at length T and exit: for profilers")
     ap.add_argument("--impl", default="both", choices=("both", "ours", "sdpa"),
@@ -473,6 +524,8 @@ def main(argv=None) -> int:
     print(format_table(result["rows"]), flush=True)
     if args.train_shapes:  # last: a CUDA graph capture leaves the default generator unusable
         result["train_shapes"] = train_shapes()
+    if args.train_sweep:
+        result["train_sweep"] = sweep_train_shapes()
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
