@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping
@@ -334,8 +335,6 @@ class RunLog:
     def metrics(self, values: Mapping[str, float], step: int, timestamp: int | None = None
                 ) -> None:
         """The values at one step (``timestamp`` in ms, default now)."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
@@ -370,8 +369,31 @@ class RunLog:
 
         ds = Dataset(name=name, digest=digest, source_type="code", source=source,
                      profile=json.dumps(dict(profile), default=str))
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
+        # MLflow's SQL store looks the dataset up, then inserts it when missing: runs of one
+        # experiment that log the same dataset at once (the cells of a Ray sweep, several
+        # sweeps on one store) race, and the later insert fails on the table's unique key.
+        # The transaction is rolled back, and the next try finds the dataset the other wrote.
+        for attempt in range(DATASET_TRIES):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except Exception as err:
+                if attempt + 1 == DATASET_TRIES or not _duplicate_key(err):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+
+#: tries of a dataset input that lost the insert race (``RunLog.dataset``)
+DATASET_TRIES = 5
+
+
+def _duplicate_key(err: BaseException) -> bool:
+    """A store's refusal of a row whose unique key another writer has just inserted (SQLite,
+    PostgreSQL and MySQL wordings, through a tracking server or not)."""
+    text = str(err)
+    return any(s in text for s in ("UNIQUE constraint failed", "IntegrityError",
+                                   "duplicate key value", "Duplicate entry"))
 
 
 def _art(uri: str, name: str) -> str | None:

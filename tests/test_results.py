@@ -382,3 +382,46 @@ def test_failed_leaderboard_logging_keeps_the_files_and_fails_the_run(store, tmp
     assert (tmp_path / "results/leaderboard.csv").read_text().count("flip_flop") == 4
     exp = client.get_experiment_by_name("leaderboard")
     assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]
+
+
+def _log_the_dataset(uri: str, experiment_id: str, barrier, queue) -> None:
+    """One process of the race below: its own run, then the dataset at the barrier."""
+    from results.tracking import RunLog
+
+    client = MlflowClient(uri)
+    log = RunLog(client, client.create_run(experiment_id).info.run_id)
+    barrier.wait()
+    try:
+        log.dataset("flip_flop", "d1g3st", "tasks.flip_flop", {"version": 1})
+        queue.put(("ok", log.run_id))
+    except Exception as err:  # reported to the parent
+        queue.put((f"{type(err).__name__}: {err}"[:300], log.run_id))
+
+
+def test_runs_logging_one_dataset_at_once_all_keep_it(tmp_path):
+    """Runs of one experiment that log the same dataset input at the same moment (the cells of
+    a Ray sweep, several sweeps on one store): MLflow's SQL store looks the dataset up and
+    inserts it when missing, so all but one lost the race on its unique key and failed with an
+    IntegrityError (4 times in 4 with 8 processes, before the retry). Now every run has it,
+    stored once."""
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("race")
+    n = 8
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_log_the_dataset, args=(uri, exp, barrier, queue))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [status for status, _ in got] == ["ok"] * n, got
+    digests = set()
+    for _, run_id in got:
+        (ds,) = client.get_run(run_id).inputs.dataset_inputs
+        digests.add((ds.dataset.name, ds.dataset.digest))
+    assert digests == {("flip_flop", "d1g3st")}
