@@ -95,7 +95,8 @@ def test_reference_alone_and_bad_reference(store, published, tmp_path, capsys):
 
 def test_shipped_reference_logs():
     """What the suite ships: sort at the repro budget, 3 finished seeds of softmax, ssmax,
-    entmax and asentmax, each with exact match at every length of the ladder."""
+    entmax and asentmax, each with exact match at every length of the ladder; and the main
+    job's runs on the CPU."""
     recs, runs = ref.load(ref.paths())
     sort = recs.filter((pl.col("profile") == "repro") & (pl.col("task") == "sort")
                        & (pl.col("metric") == "exact_match"))
@@ -105,6 +106,18 @@ def test_shipped_reference_logs():
     lengths = sort.group_by("run_id").agg(pl.col("length").unique().sort())
     assert all(ls == [64, 128, 256, 512] for ls in lengths["length"].to_list())
     assert all("NVIDIA H200" in runs[i].data.tags["suite.device"] for i in sort["run_id"])
+    # the main job (quick profile, flip_flop, on the 2-core CPU): the six built-ins x 3 seeds,
+    # every length of its ladder, the numbers of the README's main-job section
+    quick = recs.filter((pl.col("profile") == "quick") & (pl.col("task") == "flip_flop")
+                        & (pl.col("metric") == "exact_match"))
+    seeds = quick.group_by("attention").agg(pl.col("seed").unique().sort())
+    assert dict(seeds.iter_rows()) == {a: [0, 1, 2] for a in (
+        "softmax", "ssmax", "entmax", "sparsemax", "asentmax", "topk")}
+    lengths = quick.group_by("run_id").agg(pl.col("length").unique().sort())
+    assert all(ls == [64, 128, 256, 512, 1024] for ls in lengths["length"].to_list())
+    assert all(runs[i].data.tags["suite.device"].startswith("cpu: ") for i in quick["run_id"])
+    ssmax = quick.filter((pl.col("attention") == "ssmax") & (pl.col("length") == 512))
+    assert sorted(ssmax["value"].to_list()) == [96.0, 98.0, 98.0]  # the README: 97.3 +- 1.2
 
 
 def _final_metrics(log) -> dict:
