@@ -211,8 +211,8 @@ class Tracker:
             if description:
                 wanted[NOTE_TAG] = description
             for key, value in wanted.items():
-                if tags.get(key) != value:
-                    self.client.set_experiment_tag(exp_id, key, value)
+                if tags.get(key) != value:  # several processes may tag a new experiment at once
+                    _racing(lambda k=key, v=value: self.client.set_experiment_tag(exp_id, k, v))
             return exp_id
 
     def existing(self, experiment: str) -> str | None:
@@ -370,22 +370,28 @@ class RunLog:
         ds = Dataset(name=name, digest=digest, source_type="code", source=source,
                      profile=json.dumps(dict(profile), default=str))
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
-        # MLflow's SQL store looks the dataset up, then inserts it when missing: runs of one
-        # experiment that log the same dataset at once (the cells of a Ray sweep, several
-        # sweeps on one store) race, and the later insert fails on the table's unique key.
-        # The transaction is rolled back, and the next try finds the dataset the other wrote.
-        for attempt in range(DATASET_TRIES):
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-                return
-            except Exception as err:
-                if attempt + 1 == DATASET_TRIES or not _duplicate_key(err):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        # runs of one experiment log the same dataset at once (the cells of a Ray sweep,
+        # several sweeps on one store)
+        _racing(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
 
-#: tries of a dataset input that lost the insert race (``RunLog.dataset``)
-DATASET_TRIES = 5
+#: tries of a write that lost an insert race (``_racing``)
+RACE_TRIES = 5
+
+
+def _racing(write):
+    """``write()``, tried again when it lost a race to another writer. MLflow's SQL store
+    writes a dataset input or an experiment tag by looking the row up, then inserting it when
+    missing: two processes doing that at once both miss it, and the later insert fails on the
+    table's unique key. Its transaction is rolled back, and the next try finds the row the
+    other wrote (and updates it, for a tag)."""
+    for attempt in range(RACE_TRIES):
+        try:
+            return write()
+        except Exception as err:
+            if attempt + 1 == RACE_TRIES or not _duplicate_key(err):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _duplicate_key(err: BaseException) -> bool:

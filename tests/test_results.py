@@ -384,42 +384,57 @@ def test_failed_leaderboard_logging_keeps_the_files_and_fails_the_run(store, tmp
     assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]
 
 
-def _log_the_dataset(uri: str, experiment_id: str, barrier, queue) -> None:
-    """One process of the race below: its own run, then the dataset at the barrier."""
-    from results.tracking import RunLog
+ROUNDS = ("flip_flop", "sort", "copy", "reverse", "mqmtar", "niah")
 
-    client = MlflowClient(uri)
-    log = RunLog(client, client.create_run(experiment_id).info.run_id)
-    barrier.wait()
+
+def _race_on_a_new_store(uri: str, barrier, queue) -> None:
+    """One process of the race below: new experiments, each at the barrier; then its own run
+    and the dataset, at the barrier again."""
+    from results.tracking import RunLog, Tracker
+
+    tracker = Tracker(uri)
+    tracker.client.search_experiments()  # connected
     try:
-        log.dataset("flip_flop", "d1g3st", "tasks.flip_flop", {"version": 1})
-        queue.put(("ok", log.run_id))
-    except Exception as err:  # reported to the parent
-        queue.put((f"{type(err).__name__}: {err}"[:300], log.run_id))
+        for task in ROUNDS:  # a few rounds: each a race of its own
+            barrier.wait()
+            tracker.experiment(task, description=f"the cells of {task}")
+        exp = tracker.experiment(ROUNDS[0])
+        run_id = tracker.client.create_run(exp).info.run_id
+        barrier.wait()
+        RunLog(tracker.client, run_id).dataset("flip_flop", "d1g3st", "tasks.flip_flop",
+                                               {"version": 1})
+        queue.put(("ok", run_id))
+    except Exception as err:  # reported to the parent; the others stop waiting
+        barrier.abort()
+        queue.put((f"{type(err).__name__}: {err}"[:300], None))
 
 
-def test_runs_logging_one_dataset_at_once_all_keep_it(tmp_path):
-    """Runs of one experiment that log the same dataset input at the same moment (the cells of
-    a Ray sweep, several sweeps on one store): MLflow's SQL store looks the dataset up and
-    inserts it when missing, so all but one lost the race on its unique key and failed with an
-    IntegrityError (4 times in 4 with 8 processes, before the retry). Now every run has it,
-    stored once."""
+def test_processes_making_one_experiment_and_dataset_at_once_all_succeed(tmp_path):
+    """Processes that tag one new experiment, then log the same dataset input to their runs, at
+    the same moment (the cells of a Ray sweep, several sweeps on one store). MLflow's SQL store
+    writes both by looking the row up and inserting it when missing, so all but one process
+    lost the race on the table's unique key and failed with an IntegrityError (with 8
+    processes: the dataset 4 times in 4, the experiment's tag 2 times in 3). Now every process
+    succeeds, and the dataset is stored once."""
     import multiprocessing
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("race")
+    Tracker(uri).experiment("warm")
     n = 8
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_log_the_dataset, args=(uri, exp, barrier, queue))
+    procs = [ctx.Process(target=_race_on_a_new_store, args=(uri, barrier, queue))
              for _ in range(n)]
     for p in procs:
         p.start()
-    got = [queue.get(timeout=120) for _ in procs]
+    got = [queue.get(timeout=180) for _ in procs]
     for p in procs:
         p.join(30)
     assert [status for status, _ in got] == ["ok"] * n, got
+    client = MlflowClient(uri)
+    for task in ROUNDS:
+        exp = client.get_experiment_by_name(task)
+        assert exp.tags["mlflow.note.content"] == f"the cells of {task}"
     digests = set()
     for _, run_id in got:
         (ds,) = client.get_run(run_id).inputs.dataset_inputs
