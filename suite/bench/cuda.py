@@ -480,6 +480,9 @@ def main(argv=None) -> int:
                     help="first time forward+backward at training shapes (torch vs triton)")
     ap.add_argument("--train-sweep", action="store_true",
                     help="last, time block configurations of our kernels at training shapes")
+    ap.add_argument("--shapes", default=None, metavar="BxHxTxD,...",
+                    help="training shapes of --train-shapes / --train-sweep (default: "
+                    + ",".join("x".join(map(str, s)) for s in TRAIN_SHAPES) + ")")
     ap.add_argument("--once", type=int, default=None, metavar="T",
                     help="run one forward (after a warm-up) at length T and exit: for profilers")
     ap.add_argument("--impl", default="both", choices=("both", "ours", "sdpa"),
@@ -513,10 +516,15 @@ def main(argv=None) -> int:
                 with open(args.out, "w") as fh:
                     json.dump(result, fh, indent=1)
     print(format_table(result["rows"]), flush=True)
+    shapes = TRAIN_SHAPES if not args.shapes else tuple(
+        tuple(int(n) for n in s.split("x")) for s in args.shapes.split(","))
     if args.train_shapes:  # last: a CUDA graph capture leaves the default generator unusable
-        result["train_shapes"] = train_shapes()
+        result["train_shapes"] = train_shapes(shapes)
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(result, fh, indent=1)
     if args.train_sweep:
-        result["train_sweep"] = sweep_train_shapes()
+        result["train_sweep"] = sweep_train_shapes(shapes)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
