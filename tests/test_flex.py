@@ -115,6 +115,67 @@ def test_auto_takes_flex_only_for_softmax_with_alibi_on_cuda():
     assert resolve("auto", SOFTMAX, torch.device("cpu"), alibi).NAME != "flex"
 
 
+@pytest.mark.parametrize("size,flex", [((128, 16, 91, 91), False), ((128, 8, 131, 131), False),
+                                       ((32, 8, 256, 256), False), ((16, 8, 257, 257), True),
+                                       ((2, 16, 4096, 4096), True), ((1, 4, 2, 65536), True)])
+def test_training_lengths_take_the_masked_sdpa_call_on_cuda(size, flex):
+    """Softmax with NAPE on CUDA: FlexAttention for long rows, one SDPA call with a dense mask
+    at training lengths (up to 256 x 256 scores per head), where it is faster."""
+    alibi, cuda = Alibi(nape_slopes(size[1])), torch.device("cuda")
+    assert FB.preferred(SOFTMAX, cuda, alibi, size=size) == flex
+    T, S = size[2:]
+    assert torch_backend.masked_sdpa(SOFTMAX, cuda, alibi, T, S, torch.bfloat16) == (not flex)
+    assert not torch_backend.masked_sdpa(SOFTMAX, cuda, alibi, T, S, torch.float64)
+    assert not torch_backend.masked_sdpa(Normalizer("entmax"), cuda, alibi, T, S)
+    assert FB.preferred(SOFTMAX, cuda, alibi)  # no shape given: FlexAttention
+    if CUDA:
+        from attentions.backends import resolve
+
+        assert resolve("auto", SOFTMAX, cuda, alibi, size).NAME == ("flex" if flex else "torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="CUDA only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,S", [(1, 1), (64, 64), (91, 91), (131, 131), (7, 200), (256, 256)])
+@pytest.mark.parametrize("alibi", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_masked_sdpa_forward_and_gradients(dtype, T, S, alibi, scale, compiled):
+    """The torch backend's masked SDPA call on CUDA (softmax, causal, NAPE or no bias, at
+    training lengths; ``scale`` 40 makes extreme logits): outputs and gradients against the
+    chunked float64 reference, finite, eager and compiled."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(T * 7 + S)
+    B, H, D = 3, 4, 32
+    q = scale * torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, H, S, D, generator=g, dtype=torch.float64) for _ in range(2))
+    dy = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+    bias = Alibi(nape_slopes(H).cuda()) if alibi else None
+    assert torch_backend.masked_sdpa(SOFTMAX, "cuda", bias, T, S, dtype) or (
+        bias is None and T == S)  # no bias, square: plain causal SDPA
+
+    def run(dt, compile_it):
+        xs = [t.cuda().to(dt).requires_grad_() for t in (q, k, v)]
+
+        def f(q, k, v):
+            return torch_backend.attention(q, k, v, norm=SOFTMAX, causal=True, bias=bias,
+                                           sm_scale=1 / math.sqrt(D))
+
+        y = (torch.compile(f, fullgraph=True) if compile_it else f)(*xs)
+        return y, torch.autograd.grad((y * dy.cuda().to(dt)).sum(), xs)
+
+    y64, g64 = run(torch.float64, False)
+    y, gr = run(dtype, compiled)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for ours, ref in zip((y, *gr), (y64, *g64)):
+        assert torch.isfinite(ours).all()
+        if ref.norm() > 0:
+            assert rel(ours, ref) < tol, rel(ours, ref)
+
+
 def rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm())

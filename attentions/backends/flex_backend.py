@@ -53,8 +53,14 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
 
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
-    """``auto`` takes it for softmax with ALiBi on CUDA (SDPA is faster without a bias)."""
-    return supports(norm, device, bias) and isinstance(bias, Alibi)
+    """``auto`` takes it for softmax with ALiBi on CUDA (SDPA is faster without a bias), except
+    for calls of shape ``size`` = (B, H, T, S) short enough for the torch backend's one SDPA
+    call with a dense mask, which is faster there (``torch_backend.CUDA_SDPA_MASK_ELEMS``)."""
+    if not (supports(norm, device, bias) and isinstance(bias, Alibi)):
+        return False
+    from . import torch_backend
+
+    return size is None or not torch_backend.masked_sdpa(norm, device, bias, size[2], size[3])
 
 
 def causal_blocks(T: int, S: int, device, block: int = BLOCK):

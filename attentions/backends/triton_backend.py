@@ -116,9 +116,11 @@ def skip_empty_tiles(has_alibi: bool, backward: bool = False) -> bool:
     return backward and has_alibi
 
 
-def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel; SUITE_TRITON_BLOCKS_<KIND> =
-    'M,N,warps,stages' overrides (kind: FWD, DKDV, DQ)."""
+def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
+            length: int | None = None) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel for rows of up to ``length`` keys
+    (None: long rows); SUITE_TRITON_BLOCKS_<KIND> = 'M,N,warps,stages' overrides (kind: FWD,
+    DKDV, DQ)."""
     env = os.environ.get(f"SUITE_TRITON_BLOCKS_{kind.upper()}")
     if env:
         m, n, w, s = (int(x) for x in env.split(","))
@@ -130,6 +132,8 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, 
         # one stage in the backward: with num_stages=2 the fp32 dq kernel returned wrong dq on
         # an H100 (triton 3.6.0; rel err ~1 at T=17 and 100) while 1 stage gave 1.7e-7
         return (64, 32, 4, 2) if kind == "fwd" else (32, 32, 4, 1)
+    if not big and length is not None and length <= SHORT_ROWS:
+        return _short_blocks(kind, length)
     if kind == "fwd":
         return (128, 64, 8, 2) if big else (128, 64, 4, 3)
     # D <= 64: the fastest of `python -m suite.bench.cuda --sweep` on an H100 (2026-11-27):
@@ -139,6 +143,23 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16) -> tuple[int, int, 
     if kind == "dkdv":
         return (64, 64, 4, 2) if big else (32, 128, 4, 2)
     return (64, 64, 4, 2) if big else (128, 64, 4, 3)
+
+
+#: rows of at most this many keys (training lengths) take the short-row blocks below
+SHORT_ROWS = 512
+
+
+def _short_blocks(kind: str, length: int) -> tuple[int, int, int, int]:
+    """Blocks for D <= 64 at training lengths: a 128-row query tile covers most of a causal
+    row of 64 keys with masked work, so smaller query tiles win. The fastest of `python -m
+    suite.bench.cuda --train-sweep` on an H200 (2026-12-01; bf16, forward+backward replayed
+    from a CUDA graph, one kernel's blocks varied at a time, 0.336 ms with the long-row
+    blocks at B=128 H=16 T=64 D=64 and 0.196 ms at B=32 H=8 T=256): at T=64 forward
+    64,32,4,2 (0.265), dK/dV 32,64,4,2 (0.315), dQ 64,32,4,2 (0.314); at T=256 forward
+    64,64,4,3 (0.181), dK/dV 32,64,4,2 (0.190), dQ 64,64,4,3 (0.190)."""
+    if kind == "dkdv":
+        return 32, 64, 4, 2
+    return (64, 32, 4, 2) if length <= 128 else (64, 64, 4, 3)
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -167,7 +188,7 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     stats = torch.empty(B, H, 4, T, device=q.device, dtype=torch.float32)
     slopes, has_alibi = _slopes(bias, H, q.device)
     BD = max(16, triton_next_pow2(D))
-    bm, bn, warps, stages = _blocks("fwd", D, q.device, q.dtype)
+    bm, bn, warps, stages = _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)
     kern._fwd_kernel[grid](
@@ -203,11 +224,11 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
                   SKIP=skip_empty_tiles(has_alibi, backward=True), BLOCK_D=BD,
                   EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret())
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
-    bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype)
+    bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
         q, k, v, dout, bstats, dk, dv, slopes, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
-    bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype)
+    bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
         q, k, v, dout, bstats, dq, slopes, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
