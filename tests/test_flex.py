@@ -144,7 +144,9 @@ def test_training_lengths_take_the_masked_sdpa_call_on_cuda(size, flex):
 def test_cuda_masked_sdpa_forward_and_gradients(dtype, T, S, alibi, scale, compiled):
     """The torch backend's masked SDPA call on CUDA (softmax, causal, NAPE or no bias, at
     training lengths; ``scale`` 40 makes extreme logits): outputs and gradients against the
-    chunked float64 reference, finite, eager and compiled."""
+    chunked float64 reference, finite, eager and compiled. float32 within 1e-4; bf16 within
+    2x the error of the chunked path at bf16 plus 1e-3 (bf16 rounding of extreme logits alone
+    moves a near-one-hot row by several percent, on either path)."""
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -157,10 +159,13 @@ def test_cuda_masked_sdpa_forward_and_gradients(dtype, T, S, alibi, scale, compi
     assert torch_backend.masked_sdpa(SOFTMAX, "cuda", bias, T, S, dtype) or (
         bias is None and T == S)  # no bias, square: plain causal SDPA
 
-    def run(dt, compile_it):
+    def run(dt, compile_it, chunked=False):
         xs = [t.cuda().to(dt).requires_grad_() for t in (q, k, v)]
 
         def f(q, k, v):
+            if chunked:
+                return torch_backend.ChunkedAttention.apply(q, k, v, SOFTMAX, True, bias,
+                                                            1 / math.sqrt(D))
             return torch_backend.attention(q, k, v, norm=SOFTMAX, causal=True, bias=bias,
                                            sm_scale=1 / math.sqrt(D))
 
@@ -169,11 +174,12 @@ def test_cuda_masked_sdpa_forward_and_gradients(dtype, T, S, alibi, scale, compi
 
     y64, g64 = run(torch.float64, False)
     y, gr = run(dtype, compiled)
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    for ours, ref in zip((y, *gr), (y64, *g64)):
+    yc, gc = run(dtype, False, chunked=True)
+    for ours, plain, ref in zip((y, *gr), (yc, *gc), (y64, *g64)):
         assert torch.isfinite(ours).all()
         if ref.norm() > 0:
-            assert rel(ours, ref) < tol, rel(ours, ref)
+            tol = 1e-4 if dtype == torch.float32 else 2 * rel(plain, ref) + 1e-3
+            assert rel(ours, ref) < tol, (rel(ours, ref), tol)
 
 
 def rel(a, b):
