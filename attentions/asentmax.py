@@ -58,8 +58,16 @@ class ASEntmax(Attention):
         if x.shape[-1] != self.d_model or x.shape[-2] != T:
             raise ValueError(f"x must be (B, {T}, {self.d_model}); got {tuple(x.shape)}")
         c = self.config
-        x = x.to(self.w_beta.weight.dtype)
-        beta = F.softplus(self.w_beta(x)).transpose(1, 2)  # (B, H_s, T)
-        gamma = c.gamma_range * torch.tanh(self.w_gamma(x)).transpose(1, 2)  # (B, H_s, T)
+        if torch.is_autocast_enabled(x.device.type):
+            # training on CUDA: the projections run at the autocast dtype anyway, so no up-cast
+            # of x, and both as one GEMM (the parameters stay two Linears)
+            zb, zg = F.linear(x, torch.cat((self.w_beta.weight, self.w_gamma.weight)),
+                              torch.cat((self.w_beta.bias, self.w_gamma.bias))
+                              ).split(self.n_scaled, -1)
+        else:
+            x = x.to(self.w_beta.weight.dtype)
+            zb, zg = self.w_beta(x), self.w_gamma(x)
+        beta = F.softplus(zb).transpose(1, 2)  # (B, H_s, T)
+        gamma = c.gamma_range * torch.tanh(zg).transpose(1, 2)  # (B, H_s, T)
         logn = log_positions(T, c.log_offset, x.device, beta.dtype)  # (T,)
         return c.delta + beta * logn.pow(gamma)

@@ -81,3 +81,25 @@ def test_bad_config():
         ModelConfig(vocab_size=5, attention="softmax", pe="abs")
     with pytest.raises(attentions.SpecError, match="Did you mean 'entmax'"):
         Decoder(ModelConfig(vocab_size=5, attention="entmx"))
+
+
+@pytest.mark.parametrize("scaled", [None, 2])
+def test_asentmax_length_scale_under_autocast_matches_float32(scaled):
+    """Under autocast (CUDA training) the two projections of the length scale run as one GEMM
+    at the autocast dtype: the same factor as float32 within bf16 rounding, and gradients reach
+    both projections."""
+    from attentions.asentmax import ASEntmax, ASEntmaxConfig
+
+    torch.manual_seed(3)
+    attn = ASEntmax(ASEntmaxConfig(init_std=0.1), n_heads=4, head_dim=8, d_model=32,
+                    scaled_heads=None if scaled is None else range(scaled))
+    x = torch.randn(2, 37, 32)
+    ref = attn.length_scale(x, 37)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn.length_scale(x, 37)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape == (2, attn.n_scaled, 37)
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+    assert not torch.equal(out.float(), ref)  # it ran at bf16: not the float32 path
+    out.float().sum().backward()
+    for lin in (attn.w_beta, attn.w_gamma):
+        assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
