@@ -117,8 +117,13 @@ def test_suite_bench_train_times_a_named_backend_beside_the_baseline(tmp_path, m
     assert lines[0][1] == "softmax" and lines[0][8] == "1.00"
     import json
 
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    written = json.loads((tmp_path / "t.json").read_text())
+    rows = written["rows"]
     assert [r["requested_backend"] for r in rows] == ["auto", "torch", "torch"]
+    from results.gitinfo import git_state
+
+    # the table says which code it timed
+    assert written["env"]["git_commit"] == git_state()["git_commit"] != ""
     assert rows[1]["ratio_to_softmax"] == rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
     assert main([*args, "--attention", "entmax", "--backend", "triton"]) == 2
     err = capsys.readouterr().err

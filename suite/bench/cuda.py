@@ -415,6 +415,9 @@ def environment():
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
            "gpu": torch.cuda.get_device_name(), "python": platform.python_version(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from results.gitinfo import git_state
+
+    env.update({k: v for k, v in git_state().items() if k in ("git_commit", "git_dirty")})
     try:
         from importlib.metadata import version
 
