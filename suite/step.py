@@ -56,7 +56,7 @@ class Stepper:
         self.graphs_on = bool(graphs) and self.cuda
         compile = _flag("SUITE_COMPILE", True) if compile is None else compile
         self.forward = torch.compile(model) if (compile and self.cuda) else model
-        self._primed = False
+        self._primed: set[tuple] = set()  # batch shapes the compiled forward has met
         self._graphs: dict[tuple, tuple | None] = {}  # shape -> (graph, tokens, targets, loss)
         self._warm: dict[tuple, int] = {}
         self._losses: list[torch.Tensor] = []
@@ -73,12 +73,15 @@ class Stepper:
     def _loss(self, tokens, targets):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda,
                             cache_enabled=False):
-            if self.forward is not self.model and not self._primed:
-                with torch.no_grad():  # one eager call picks the kernels the trace reuses
+            if self.forward is not self.model and tuple(tokens.shape) not in self._primed:
+                # one eager call at this shape picks the kernels the trace reuses (the backend
+                # can depend on the length: softmax under NAPE on CUDA), right before the
+                # compiler meets the shape; not whatever a validation at another length chose
+                with torch.no_grad():
                     self.model(tokens)
-                self._primed = True
+                self._primed.add(tuple(tokens.shape))
                 try:
-                    logits = self.forward(tokens)  # (B, T, V), compiled on this first call
+                    logits = self.forward(tokens)  # (B, T, V), compiled at a new shape
                 except Exception as err:  # a model the compiler cannot take still trains
                     warnings.warn(f"torch.compile of the model failed ({type(err).__name__}: "
                                   f"{str(err)[:200]}); training it uncompiled", stacklevel=2)

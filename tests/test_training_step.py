@@ -217,3 +217,34 @@ def test_learning_rate_warms_up_holds_then_decays():
     assert lr_at(99, held) < 0.01 and lr_at(100, held) == 0.0
     assert lr_at(55, plain) < lr_at(55, held)  # without a hold the cosine starts at warmup
     assert lr_at(10, plain) == 1.0 and 0 < lr_at(11, plain) < 1.0
+
+
+def test_a_new_training_shape_is_traced_with_the_kernel_of_its_own_length():
+    """The compiled forward reuses the backend an eager call picked. Softmax under NAPE picks
+    by length (on CPU one masked SDPA call below 256 keys and numba from there; on CUDA masked
+    SDPA, then FlexAttention), so a validation at a long length between two training shapes
+    must not hand its kernel to the trace of the second: each new shape is first run eagerly
+    at that shape. The trace is TorchDynamo's (backend 'eager': graph capture, no code
+    generation, so it runs on any machine)."""
+    fresh_compiler()
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=11, attention="softmax", n_layers=1, d_model=16,
+                                n_heads=2, head_dim=8, d_ff=32))
+    step = Stepper(model, 1e-3, torch.device("cpu"), compile=False)
+    step.forward = torch.compile(model, backend="eager")
+    attn = model.blocks[0].attn.attn
+    g = torch.Generator().manual_seed(1)
+
+    def batch(T):
+        return torch.randint(0, 11, (2, T), generator=g), torch.randint(0, 11, (2, T), generator=g)
+
+    step._loss(*batch(40))
+    assert attn._last_kernel.NAME == "torch"
+    with torch.no_grad():
+        model(batch(300)[0])  # a validation at a long length
+    assert attn._last_kernel.NAME == "numba"
+    tokens, targets = batch(48)
+    loss = step._loss(tokens, targets)  # a new shape: traced again
+    assert attn._last_kernel.NAME == "torch"
+    ref = F.cross_entropy(model(tokens).float().flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(loss, ref)
