@@ -104,9 +104,10 @@ def device_name(device: str) -> str:
 
 def _kernel(cell: Cell, model) -> str:
     """The backend that runs the model's attention in training, resolved as its training calls
-    resolve it: with the model's position bias (softmax under ALiBi or NAPE goes to
-    FlexAttention on CUDA) and the shape of a batch at the longest training length (on the CPU
-    the choice depends on the row length; evaluation's longer rows may go elsewhere)."""
+    resolve it: with the model's position bias and the shape of a batch at the longest
+    training length (softmax under ALiBi or NAPE: one masked SDPA call at training lengths,
+    then FlexAttention on CUDA or numba on the CPU; evaluation's longer rows may go
+    elsewhere)."""
     from attentions.backends import resolve
     from attentions.normalizer import Alibi
 
