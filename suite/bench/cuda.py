@@ -417,7 +417,7 @@ def environment():
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     from results.gitinfo import git_state
 
-    env.update({k: v for k, v in git_state().items() if k in ("git_commit", "git_dirty")})
+    env.update(git_state())  # the code timed
     try:
         from importlib.metadata import version
 

@@ -32,6 +32,7 @@ import time
 import torch
 
 import tasks
+from results.gitinfo import git_state
 
 from .. import profiles as P
 from ..data import Batches
@@ -165,14 +166,6 @@ def _is_baseline(row: dict) -> bool:
     return row["attention"] == BASELINE and row.get("requested_backend", "auto") == "auto"
 
 
-def _commit() -> dict[str, str]:
-    """The commit the timed code is (``git_commit``, ``git_dirty``), for a table read later."""
-    from results.gitinfo import git_state
-
-    state = git_state()
-    return {"git_commit": state["git_commit"], "git_dirty": state["git_dirty"]}
-
-
 def run(task_specs, attention_specs, profile: str | None, device: str, steps: int = 200,
         warmup: int = 20, cells=(1,), out: str | None = None, backend: str = "auto") -> dict:
     """The table: one row per (task, attention), and packing rows when ``cells`` has N > 1."""
@@ -183,7 +176,7 @@ def run(task_specs, attention_specs, profile: str | None, device: str, steps: in
     env = {"device": torch.cuda.get_device_name() if dev.type == "cuda"
            else platform.processor() or "cpu", "torch": torch.__version__,
            "peak_tflops": peak, "profile": profile, "steps": steps, "warmup": warmup,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), **_commit()}
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), **git_state()}  # the code timed
     result = {"kind": "train", "env": env, "rows": rows, "packing": packing}
     env["backend"] = backend
     for task_spec in task_specs:
