@@ -116,6 +116,29 @@ def test_float32_forward_and_gradients(alpha, causal, alibi, T, S):
     assert rel(y, yt) < 2e-5
 
 
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("causal,alibi,T,S", [(True, True, 20, 45), (False, False, 37, 23),
+                                              (True, False, 30, 31)])
+def test_one_tile_forward_matches_the_tiled_one_and_float64(monkeypatch, alpha, causal, alibi,
+                                                            T, S):
+    """The forward that keeps all keys of a row in one tile (short rows) and the tiled one:
+    both at float64 parity, gradients included (causal with S > T: rows see keys ahead)."""
+    q, k, v = inputs(1, 2, T, 16, S=S, scale=2.0, seed=T * S)
+    bias = Alibi(torch.tensor([0.5, 0.0], device=DEV)) if alibi else None
+    g = torch.randn(1, 2, T, 16, generator=torch.Generator().manual_seed(7)).to(DEV)
+    yr, gr = ref64(q, k, v, alpha, causal, bias, g)
+    outs = {}
+    for limit in ("64", "0"):  # 64: one tile for these rows; 0: the tiled forward
+        monkeypatch.setenv("SUITE_TRITON_ONE_TILE", limit)
+        assert (TB._one_tile_blocks(S, 16, DEV, torch.float32) is not None) == (limit != "0")
+        y, grads = run(q, k, v, alpha, causal, bias, g)
+        assert rel(y, yr) < 2e-5, limit
+        for got, want in zip(grads, gr):
+            assert rel(got, want, floor=1e-3) < 5e-5, limit
+        outs[limit] = y
+    assert rel(outs["64"], outs["0"]) < 2e-5
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 @pytest.mark.parametrize("causal", [True, False])
 def test_single_token(alpha, causal):

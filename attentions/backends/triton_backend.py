@@ -162,6 +162,35 @@ def _short_blocks(kind: str, length: int) -> tuple[int, int, int, int]:
     return (64, 32, 4, 2) if length <= 128 else (64, 64, 4, 3)
 
 
+#: rows of at most this many keys run the forward on one key tile held in registers (CUDA,
+#: D <= 64; the interpreter: at most 32 keys, so the CPU tests run both forwards)
+ONE_TILE_KEYS = 128
+
+#: threshold updates of the one-tile forward at most (each is arithmetic on registers; alpha =
+#: 1.5 and 2 stop once the support is found, generic alpha once within TAU_TOL)
+ONE_TILE_MAX_IT = 32
+
+
+def _one_tile_blocks(S: int, D: int, device, dtype) -> tuple[int, int, int, int] | None:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the one-tile forward when it takes rows of
+    S keys, else None. At training lengths a row sees a few key tiles, and the tiled forward
+    recomputes QK^T and reloads K on every threshold pass (up to 7 at such lengths); with all
+    keys in one tile the scores are computed once and the threshold iterates on registers.
+    SUITE_TRITON_ONE_TILE = the largest S that takes it (0: never); an explicit
+    SUITE_TRITON_BLOCKS_FWD keeps the tiled forward."""
+    if os.environ.get("SUITE_TRITON_BLOCKS_FWD"):
+        return None
+    cuda = torch.device(device).type == "cuda"
+    env = os.environ.get("SUITE_TRITON_ONE_TILE")
+    limit = int(env) if env else (ONE_TILE_KEYS if cuda else 32)
+    if S > limit or D > 64:
+        return None
+    bn = max(16, triton_next_pow2(S))
+    if not cuda:
+        return 32, bn, 1, 1
+    return 64, bn, (4 if bn <= 128 else 8), 1
+
+
 def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -188,7 +217,8 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     stats = torch.empty(B, H, 4, T, device=q.device, dtype=torch.float32)
     slopes, has_alibi = _slopes(bias, H, q.device)
     BD = max(16, triton_next_pow2(D))
-    bm, bn, warps, stages = _blocks("fwd", D, q.device, q.dtype, S)
+    one = _one_tile_blocks(S, D, q.device, q.dtype)
+    bm, bn, warps, stages = one or _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)
     kern._fwd_kernel[grid](
@@ -198,7 +228,7 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
         EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
         STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
-        num_warps=warps, num_stages=stages,
+        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT, num_warps=warps, num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats
 

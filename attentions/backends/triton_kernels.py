@@ -328,6 +328,36 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
 
 
 @triton.jit
+def _one_tile_tau(x, mx, live, rows, off, S, tol, r, MODE: tl.constexpr,
+                  CAUSAL: tl.constexpr, ASM: tl.constexpr, MAX_IT: tl.constexpr):
+    """The threshold of rows whose scores are all in registers (x, -inf where masked): from
+    the bracket [-1, 0) (generic alpha: [-1, -n^(1-alpha)] for n visible keys) the same
+    updates as the threshold passes, each on the kept tile, until every live row's estimated
+    error |f(t)| / |f'(t)| is at most tol or no row moves (at most MAX_IT steps)."""
+    zero = mx * 0.0
+    lo = zero - 1.0
+    hi = zero
+    if MODE == 2:
+        if CAUSAL:
+            n_vis = tl.minimum(tl.maximum(rows + off + 1, 1), S)
+        else:
+            n_vis = zero + S
+        hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)
+    t = lo
+    it = 0
+    go = True
+    while go:
+        c, s1, s2 = _stats(x - (mx + t)[:, None], r, MODE, ASM)
+        tn, lo, hi, err = _tau_update(t, lo, hi, c, s1, s2, r, MODE)
+        it += 1
+        moved = tl.max(tl.where(live, tl.abs(tn - t), 0.0), 0)
+        worst = tl.max(tl.where(live, err, 0.0), 0)
+        t = tn
+        go = (it < MAX_IT) & (worst > tol) & (moved > 0.0)
+    return t, lo, hi
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 H, T, S, D, off, sm_scale, am1, r, tol,
                 MODE: tl.constexpr, N_TAU: tl.constexpr, EXTRA: tl.constexpr,
@@ -335,7 +365,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                ASM: tl.constexpr):
+                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -351,87 +381,108 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
     full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # 1. max pass, keeping the R_TOP largest tile maxima of each row; distinct finite
-    #    sentinels (below any score) make "replace the minimum" replace one entry
-    rr = tl.arange(0, R_TOP)
-    top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
-    mn = tl.min(top, 1)
-    top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
-                         slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-    top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
-                         slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-    kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
-    m = tl.max(top, 1)
-    live = m > -1e36
-    if not HAS_ALIBI:
-        top = top * c1
-        m = m * c1
-    mx = tl.where(live, m, 0.0)
-
-    # 2. start: tau of the kept list (a subset of the row; its tau is a lower bound of the
-    #    row's, for any alpha), iterated until no row moves (at most 12 steps on R_TOP values
-    #    per row; generic alpha: safeguarded Halley on the list)
-    lo = zero - 1.0
-    hi = zero
-    xs = tl.where(kept, top - mx[:, None], NEG_INF)
-    t = lo
-    slo = lo
-    shi = hi
-    it = 0
-    go = True
-    while go:
-        c, s1, s2 = _stats(xs - t[:, None], r, MODE, ASM)
-        tn, slo, shi, _ = _tau_update(t, slo, shi, c, s1, s2, r, MODE)
-        it += 1
-        go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
-        t = tn
-    t = tl.maximum(t, slo)
-    if MODE == 2:  # the row's own upper bound, -n^(1-alpha) for n visible keys
-        if CAUSAL:
-            n_vis = tl.minimum(tl.maximum(rows + off + 1, 1), S)
+    if ONE_TILE:
+        # every key in one tile (S <= BLOCK_N): the scores are computed once and kept in
+        # registers; the threshold iterates on them until converged, then one P V product
+        x = _shifted(q, _load_cols(kb, offs_n, offs_d, S, D, EVEN_D, True), rows, offs_n, zero,
+                     S, off, c1, slope_c, True, CAUSAL, HAS_ALIBI, PREC)
+        m = tl.max(x, 1)
+        live = m > -1e36
+        mx = tl.where(live, m, 0.0)
+        t, lo, hi = _one_tile_tau(x, mx, live, rows, off, S, tol, r, MODE, CAUSAL, ASM, MAX_IT)
+        tau = tl.where(live, t, 0.0)
+        p, u = _p_u(x - (mx + tau)[:, None], r, MODE, ASM)
+        v = _load_rows(vb, offs_n, offs_d, S, D, EVEN_D, True)
+        acc = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        zp = tl.sum(p, 1)
+        if STORE_O2:
+            acc2 = tl.dot(u.to(v.dtype), v, input_precision=PREC)
+            zu = tl.sum(u, 1)
         else:
-            n_vis = zero + S
-        hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)
-        t = tl.minimum(t, hi)
+            acc2 = acc
+            zu = zp
+    else:
+        # 1. max pass, keeping the R_TOP largest tile maxima of each row; distinct finite
+        #    sentinels (below any score) make "replace the minimum" replace one entry
+        rr = tl.arange(0, R_TOP)
+        top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
+        mn = tl.min(top, 1)
+        top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
+                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
+                             slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
+        m = tl.max(top, 1)
+        live = m > -1e36
+        if not HAS_ALIBI:
+            top = top * c1
+            m = m * c1
+        mx = tl.where(live, m, 0.0)
 
-    # 3. threshold passes: N_TAU on every block. Blocks whose rows see at most EXTRA_BELOW key
-    #    tiles (a short list of tile maxima, so a rougher start) go on until every live row's
-    #    estimated threshold error |f(t)| / |f'(t)| is at most tol: up to one more pass when
-    #    they see more than EXTRA_BELOW / 2 tiles, up to EXTRA more below that. Generic alpha
-    #    iterates so on every block.
-    if N_TAU + EXTRA > 0:
-        n_tiles = tl.cdiv(hi_n, BLOCK_N)
-        dyn = (n_tiles <= EXTRA_BELOW) | (MODE == 2)
-        more = tl.where((n_tiles <= EXTRA_BELOW // 2) | (MODE == 2), EXTRA, tl.minimum(EXTRA, 1))
-        n_max = N_TAU + more * dyn.to(tl.int32)
+        # 2. start: tau of the kept list (a subset of the row; its tau is a lower bound of the
+        #    row's, for any alpha), iterated until no row moves (at most 12 steps on R_TOP values
+        #    per row; generic alpha: safeguarded Halley on the list)
+        lo = zero - 1.0
+        hi = zero
+        xs = tl.where(kept, top - mx[:, None], NEG_INF)
+        t = lo
+        slo = lo
+        shi = hi
         it = 0
-        go = n_max > 0
+        go = True
         while go:
-            shift = mx + t
-            c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
-                                     full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
-                                     CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-            c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
-                                     hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
-                                     HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-            t, lo, hi, err = _tau_update(t, lo, hi, c, s1, s2, r, MODE)
+            c, s1, s2 = _stats(xs - t[:, None], r, MODE, ASM)
+            tn, slo, shi, _ = _tau_update(t, slo, shi, c, s1, s2, r, MODE)
             it += 1
-            worst = tl.max(tl.where(live, err, 0.0), 0)
-            go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
-    tau = tl.where(live, t, 0.0)
+            go = (it < 12) & (tl.max(tl.abs(tn - t), 0) > 0.0)
+            t = tn
+        t = tl.maximum(t, slo)
+        if MODE == 2:  # the row's own upper bound, -n^(1-alpha) for n visible keys
+            if CAUSAL:
+                n_vis = tl.minimum(tl.maximum(rows + off + 1, 1), S)
+            else:
+                n_vis = zero + S
+            hi = -tl.exp2(-tl.log2(n_vis.to(tl.float32)) / r)
+            t = tl.minimum(t, hi)
 
-    # 4. output pass
-    shift = mx + tau
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
-                                   shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
-                                   CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
-                                   ASM)
-    acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
-                                   full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
-                                   HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)
+        # 3. threshold passes: N_TAU on every block. Blocks whose rows see at most EXTRA_BELOW key
+        #    tiles (a short list of tile maxima, so a rougher start) go on until every live row's
+        #    estimated threshold error |f(t)| / |f'(t)| is at most tol: up to one more pass when
+        #    they see more than EXTRA_BELOW / 2 tiles, up to EXTRA more below that. Generic alpha
+        #    iterates so on every block.
+        if N_TAU + EXTRA > 0:
+            n_tiles = tl.cdiv(hi_n, BLOCK_N)
+            dyn = (n_tiles <= EXTRA_BELOW) | (MODE == 2)
+            more = tl.where((n_tiles <= EXTRA_BELOW // 2) | (MODE == 2), EXTRA,
+                            tl.minimum(EXTRA, 1))
+            n_max = N_TAU + more * dyn.to(tl.int32)
+            it = 0
+            go = n_max > 0
+            while go:
+                shift = mx + t
+                c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
+                                         full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
+                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
+                                         hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
+                                         HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                t, lo, hi, err = _tau_update(t, lo, hi, c, s1, s2, r, MODE)
+                it += 1
+                worst = tl.max(tl.where(live, err, 0.0), 0)
+                go = (it < n_max) & ((it < N_TAU) | (dyn & (worst > tol)))
+        tau = tl.where(live, t, 0.0)
 
+        # 4. output pass
+        shift = mx + tau
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
+                                       shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
+                                       CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
+                                       ASM)
+        acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
+                                       full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
+                                       HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)
     zinv = tl.where(live & (zp > 0.0), 1.0 / zp, 0.0)
     rmask = rows < T
     optr = rows[:, None] * D + offs_d[None, :]
