@@ -264,12 +264,16 @@ def test_sm90_build_uses_tensor_cores_in_every_pass():
             "for kind in ('fwd', 'dkdv', 'dq'):\n"
             "    c, sass, use = S.compile_kernel(kind); out[kind] = [S.loops(sass), "
             "S.resources(use)]\n"
+            "c, sass, use = S.compile_kernel('fwd', one_tile=128)\n"
+            "out['one'] = [sass.count('HGMMA'), S.resources(use)]\n"
             "print(json.dumps(out))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=ROOT, check=True, timeout=600).stdout  # tests.tools from here
     import json
 
     found = json.loads(out.strip().splitlines()[-1])
+    hgmma, res = found.pop("one")  # the one-tile forward: tensor cores, no local memory
+    assert hgmma > 0 and res["local"] == 0
     for kind, (loops, _res) in found.items():
         tile_loops = [lp for lp in loops if lp["ops"].get("LDGSTS")]  # loops streaming tiles
         # forward: max, threshold and output passes, interior and edge each; backward: 2 or 3

@@ -45,9 +45,11 @@ def _signature(fn, const):
 
 
 def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi: bool = False,
-                   blocks: tuple[int, int, int, int] | None = None, skip: bool = False):
+                   blocks: tuple[int, int, int, int] | None = None, skip: bool = False,
+                   one_tile: int = 0):
     """(cubin bytes, SASS text, resource-usage text) of one kernel variant for sm_90, bf16,
-    D=64, with the backend's launch configuration unless ``blocks`` is given."""
+    D=64, with the backend's launch configuration unless ``blocks`` is given; ``one_tile``: the
+    forward that holds rows of up to that many keys in one tile."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -57,13 +59,14 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
     from attentions.backends import triton_kernels as K
 
     fn = {"fwd": K._fwd_kernel, "dkdv": K._bwd_dkdv_kernel, "dq": K._bwd_dq_kernel}[kind]
-    bm, bn, warps, stages = blocks or TB._blocks(kind, 64, "cuda")
+    one = TB._one_tile_blocks(one_tile, 64, "cuda", torch.bfloat16) if one_tile else None
+    bm, bn, warps, stages = blocks or one or TB._blocks(kind, 64, "cuda")
     const = dict(MODE=mode, CAUSAL=causal, HAS_ALIBI=alibi, SKIP=skip, BLOCK_M=bm, BLOCK_N=bn,
                  BLOCK_D=64, EVEN_D=True, PREC="tf32", ASM=True)
     if kind == "fwd":
         n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), torch.bfloat16)
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
-                     STORE_O2=False, R_TOP=TB.R_TOP)
+                     STORE_O2=bool(one_tile), R_TOP=TB.R_TOP, ONE_TILE=one is not None)
     names = fn.arg_names
     sig, attrs = _signature(fn, const)
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
