@@ -19,6 +19,8 @@ one launch:
    whose rows see few key tiles.
 4. output pass: QK^T, p, O = P V / Z and, for training, O2 = U V / sum U with U = p^(2-alpha);
    with SKIP, tiles with no entry above tau skip the PV products.
+Rows of at most BLOCK_N keys (ONE_TILE: short training rows) skip 1-3: QK^T once, the scores
+stay in registers and the threshold iterates on them (``_one_tile_tau``), then one P V.
 Row statistics (mx, tau, 1/Z, Z^(alpha-2)) are stored for the backward: linear memory.
 
 Backward (two kernels): dK/dV per key block looping over query blocks, dQ per query block

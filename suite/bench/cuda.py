@@ -340,7 +340,9 @@ SHORT_FWD_CFGS = ["128,64,4,3", "64,64,4,3", "64,64,4,2", "64,32,4,2", "32,64,4,
 def sweep_train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
     """Block configurations of our alpha=1.5 kernels at training shapes: forward+backward
     replayed from a CUDA graph (as the training step runs it), one kernel's blocks varied at a
-    time (SUITE_TRITON_BLOCKS_<KIND>), the others at their default; "default" rows first."""
+    time (SUITE_TRITON_BLOCKS_<KIND>; a forward block set so runs the tiled forward, where the
+    default takes the one-tile forward for rows of up to 128 keys), the others at their
+    default; "default" rows first."""
     from attentions.backends import triton_backend as TB
     from attentions.normalizer import Normalizer
 
