@@ -171,7 +171,7 @@ ONE_TILE_KEYS = 128
 ONE_TILE_MAX_IT = 32
 
 
-def _one_tile_blocks(S: int, D: int, device, dtype) -> tuple[int, int, int, int] | None:
+def _one_tile_blocks(S: int, D: int, device) -> tuple[int, int, int, int] | None:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the one-tile forward when it takes rows of
     S keys, else None. At training lengths a row sees a few key tiles, and the tiled forward
     recomputes QK^T and reloads K on every threshold pass (up to 7 at such lengths); with all
@@ -217,7 +217,7 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     stats = torch.empty(B, H, 4, T, device=q.device, dtype=torch.float32)
     slopes, has_alibi = _slopes(bias, H, q.device)
     BD = max(16, triton_next_pow2(D))
-    one = _one_tile_blocks(S, D, q.device, q.dtype)
+    one = _one_tile_blocks(S, D, q.device)
     bm, bn, warps, stages = one or _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)

@@ -59,7 +59,7 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
     from attentions.backends import triton_kernels as K
 
     fn = {"fwd": K._fwd_kernel, "dkdv": K._bwd_dkdv_kernel, "dq": K._bwd_dq_kernel}[kind]
-    one = TB._one_tile_blocks(one_tile, 64, "cuda", torch.bfloat16) if one_tile else None
+    one = TB._one_tile_blocks(one_tile, 64, "cuda") if one_tile else None
     bm, bn, warps, stages = blocks or one or TB._blocks(kind, 64, "cuda")
     const = dict(MODE=mode, CAUSAL=causal, HAS_ALIBI=alibi, SKIP=skip, BLOCK_M=bm, BLOCK_N=bn,
                  BLOCK_D=64, EVEN_D=True, PREC="tf32", ASM=True)
