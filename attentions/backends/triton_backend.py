@@ -145,6 +145,17 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
     return (64, 64, 4, 2) if big else (128, 64, 4, 3)
 
 
+#: forward passes whose unmasked key tiles issue the next tile's QK^T before the current
+#: tile's arithmetic (bits: 1 max pass, 2 threshold passes, 4 output pass), so the tensor
+#: cores and the ALU overlap within a program; SUITE_TRITON_PIPE overrides
+PIPE_PASSES = 0
+
+
+def pipe_passes() -> int:
+    env = os.environ.get("SUITE_TRITON_PIPE")
+    return int(env) if env else PIPE_PASSES
+
+
 #: rows of at most this many keys (training lengths) take the short-row blocks below
 SHORT_ROWS = 512
 
@@ -228,7 +239,8 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
         EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
         STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
-        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT, num_warps=warps, num_stages=stages,
+        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT, PIPE=pipe_passes(),
+        num_warps=warps, num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats
 
@@ -239,12 +251,14 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
     S = k.shape[2]
     dout = dout.contiguous()
     BD = max(16, triton_next_pow2(D))
-    # per-row statistics of the backward kernels, one launch: shift = mx + tau, 1/Z, the U
-    # scale, and delta times the U scale (dS = u (dP usc - delta usc)), delta_i = dO_i . O2_i
+    # one launch: dO / Z (what both kernels read) and the per-row statistics shift = mx + tau,
+    # 1/Z, the U scale times Z, and delta times the U scale (dS = u (dP' usc Z - delta usc)
+    # with dP' = (dO / Z) V^T), delta_i = dO_i . O2_i
     bstats = torch.empty_like(stats)
+    dos = torch.empty_like(dout)
     prep = 64 if torch.device(q.device).type == "cuda" else 32
     kern._bwd_prep_kernel[(triton_cdiv(T, prep), B * H)](
-        dout, o2, stats, bstats, T, D, BLOCK=prep, BLOCK_D=BD, EVEN_D=(BD == D),
+        dout, o2, stats, bstats, dos, T, D, BLOCK=prep, BLOCK_D=BD, EVEN_D=(BD == D),
         num_warps=4 if prep == 64 else 1)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -256,11 +270,11 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
     bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
-        q, k, v, dout, bstats, dk, dv, slopes, *args,
+        q, k, v, dos, bstats, dk, dv, slopes, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
-        q, k, v, dout, bstats, dq, slopes, *args,
+        q, k, v, dos, bstats, dq, slopes, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
     return dq, dk, dv
 

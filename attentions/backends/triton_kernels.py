@@ -233,12 +233,10 @@ def _p_u(d, r, MODE: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c,
-             MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-             PREC: tl.constexpr):
-    """d = (alpha-1) (sm_scale q k^T + bias) - shift for one tile (one FMA per score without
-    ALiBi), -inf where masked."""
-    x = tl.dot(q, kt, input_precision=PREC)
+def _shift_scores(x, rows, cols, shift, S, off, c1, slope_c, MASK: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """d = (alpha-1) (sm_scale x + bias) - shift for a tile of raw dot products x (one FMA
+    per score without ALiBi), -inf where masked."""
     if HAS_ALIBI:
         x = x * c1 - slope_c * tl.abs((rows[:, None] + off - cols[None, :]).to(tl.float32))
         x = x - shift[:, None]
@@ -253,31 +251,67 @@ def _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c,
 
 
 @triton.jit
+def _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c,
+             MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+             PREC: tl.constexpr):
+    """``_shift_scores`` of the tile q k^T."""
+    return _shift_scores(tl.dot(q, kt, input_precision=PREC), rows, cols, shift, S, off, c1,
+                         slope_c, MASK, CAUSAL, HAS_ALIBI)
+
+
+@triton.jit
+def _last_tile(lo_n, hi_n, BLOCK_N: tl.constexpr):
+    """The start of the last key tile of [lo_n, hi_n) (hi_n > lo_n)."""
+    return lo_n + (hi_n - lo_n - 1) // BLOCK_N * BLOCK_N
+
+
+@triton.jit
+def _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """One key tile of the max pass, from its raw dot products s: each row keeps its R largest
+    tile maxima in ``top`` (mn: the row's smallest kept value). Without ALiBi the raw q.k
+    maxima are kept (scaled once per row afterwards, c1 > 0), so a score costs one max."""
+    if HAS_ALIBI:
+        s = _shift_scores(s, rows, cols, mn * 0.0, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
+    elif MASK:
+        ok = cols[None, :] < S
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
+        s = tl.where(ok, s, NEG_INF)
+    v = tl.max(s, 1)
+    # replace the row's smallest kept value (the kept values are distinct: the list starts
+    # from distinct sentinels; an exact tie of two tile maxima at the minimum would duplicate
+    # v, which only perturbs the start, not the bracket of the passes)
+    top = tl.where((top == mn[:, None]) & (v > mn)[:, None], v[:, None], top)
+    return top, tl.min(top, 1)
+
+
+@triton.jit
 def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, slope_c,
                MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """Max pass over key tiles [lo_n, hi_n): each row keeps its R largest tile maxima in
-    ``top`` (mn: the row's smallest kept value). Without ALiBi the raw q.k maxima are kept
-    (scaled once per row afterwards, c1 > 0), so a score costs one max."""
-    for n0 in range(lo_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
-        if HAS_ALIBI:
-            s = _shifted(q, kt, rows, cols, mn * 0.0, S, off, c1, slope_c, MASK, CAUSAL,
-                         HAS_ALIBI, PREC)
-        else:
-            s = tl.dot(q, kt, input_precision=PREC)
-            if MASK:
-                ok = cols[None, :] < S
-                if CAUSAL:
-                    ok = ok & (cols[None, :] <= rows[:, None] + off)
-                s = tl.where(ok, s, NEG_INF)
-        v = tl.max(s, 1)
-        # replace the row's smallest kept value (the kept values are distinct: the list
-        # starts from distinct sentinels; an exact tie of two tile maxima at the minimum would
-        # duplicate v, which only perturbs the start, not the bracket of the passes)
-        top = tl.where((top == mn[:, None]) & (v > mn)[:, None], v[:, None], top)
-        mn = tl.min(top, 1)
+               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+               PIPE: tl.constexpr = False):
+    """Max pass over key tiles [lo_n, hi_n) (``_max_tile`` per tile). With PIPE the product
+    of the next tile is issued before the current tile's arithmetic, so the tensor cores
+    work while the ALU does (one more tile of scores in registers)."""
+    if PIPE:
+        if lo_n < hi_n:
+            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
+                       input_precision=PREC)
+            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
+                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
+                            input_precision=PREC)
+                top, mn = _max_tile(top, mn, x, rows, n0 - BLOCK_N + offs_n, S, off, c1,
+                                    slope_c, MASK, CAUSAL, HAS_ALIBI)
+                x = xn
+            top, mn = _max_tile(top, mn, x, rows, _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, S,
+                                off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
+    else:
+        for n0 in range(lo_n, hi_n, BLOCK_N):
+            cols = n0 + offs_n
+            s = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
+            top, mn = _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK, CAUSAL,
+                                HAS_ALIBI)
     return top, mn
 
 
@@ -285,18 +319,65 @@ def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, 
 def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D, off, c1,
                  slope_c, r, MODE: tl.constexpr, ASM: tl.constexpr, MASK: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, BLOCK_N: tl.constexpr,
-                 EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """Threshold-pass sums over key tiles [lo_n, hi_n) at the per-row shift mx + t."""
-    for n0 in range(lo_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
-        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
-                     PREC)
-        a, b, e = _stats(d, r, MODE, ASM)
-        c += a
-        s1 += b
-        s2 += e
+                 EVEN_D: tl.constexpr, PREC: tl.constexpr, PIPE: tl.constexpr = False):
+    """Threshold-pass sums over key tiles [lo_n, hi_n) at the per-row shift mx + t (PIPE: the
+    next tile's product issued first, as in ``_max_range``)."""
+    if PIPE:
+        if lo_n < hi_n:
+            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
+                       input_precision=PREC)
+            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
+                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
+                            input_precision=PREC)
+                d = _shift_scores(x, rows, n0 - BLOCK_N + offs_n, shift, S, off, c1, slope_c,
+                                  MASK, CAUSAL, HAS_ALIBI)
+                a, b, e = _stats(d, r, MODE, ASM)
+                c += a
+                s1 += b
+                s2 += e
+                x = xn
+            d = _shift_scores(x, rows, _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, shift, S, off,
+                              c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
+            a, b, e = _stats(d, r, MODE, ASM)
+            c += a
+            s1 += b
+            s2 += e
+    else:
+        for n0 in range(lo_n, hi_n, BLOCK_N):
+            cols = n0 + offs_n
+            kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+            d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
+                         PREC)
+            a, b, e = _stats(d, r, MODE, ASM)
+            c += a
+            s1 += b
+            s2 += e
     return c, s1, s2
+
+
+@triton.jit
+def _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S, D, off, c1, slope_c, r,
+              MODE: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+              HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
+              EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
+    """One key tile of the output pass from its raw dot products x: O += P V (and U V for
+    training). With SKIP, a tile whose rows all have zero weight skips the PV products (one
+    block-wide test on the row sums of the tile; it costs a barrier per tile, so it pays only
+    where many tiles are empty)."""
+    d = _shift_scores(x, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
+    p, u = _p_u(d, r, MODE, ASM)
+    zt = tl.sum(p, 1)
+    need = True  # a compile-time True without SKIP: no branch in the loop
+    if SKIP:
+        need = tl.max(zt, 0) > 0.0
+    if need:
+        v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        if STORE_O2:
+            zu += tl.sum(u, 1)
+            acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
+    zp += zt
+    return acc, acc2, zp, zu
 
 
 @triton.jit
@@ -304,28 +385,32 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
                off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
                SKIP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-               PREC: tl.constexpr, ASM: tl.constexpr):
-    """Output pass over key tiles [lo_n, hi_n): O += P V (and U V for training). With SKIP, a
-    tile whose rows all have zero weight skips the PV products (one block-wide test on the
-    row sums of the tile; it costs a barrier per tile, so it pays only where many tiles are
-    empty)."""
-    for n0 in range(lo_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
-        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
-                     PREC)
-        p, u = _p_u(d, r, MODE, ASM)
-        zt = tl.sum(p, 1)
-        need = True  # a compile-time True without SKIP: no branch in the loop
-        if SKIP:
-            need = tl.max(zt, 0) > 0.0
-        if need:
-            v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
-            acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            if STORE_O2:
-                zu += tl.sum(u, 1)
-                acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
-        zp += zt
+               PREC: tl.constexpr, ASM: tl.constexpr, PIPE: tl.constexpr = False):
+    """Output pass over key tiles [lo_n, hi_n) (``_out_tile`` per tile; PIPE: the next tile's
+    QK^T issued first, as in ``_max_range``)."""
+    if PIPE:
+        if lo_n < hi_n:
+            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
+                       input_precision=PREC)
+            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
+                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
+                            input_precision=PREC)
+                acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows,
+                                              n0 - BLOCK_N + offs_n, offs_d, shift, S, D, off,
+                                              c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
+                                              STORE_O2, SKIP, EVEN_D, PREC, ASM)
+                x = xn
+            acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows,
+                                          _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, offs_d,
+                                          shift, S, D, off, c1, slope_c, r, MODE, MASK, CAUSAL,
+                                          HAS_ALIBI, STORE_O2, SKIP, EVEN_D, PREC, ASM)
+    else:
+        for n0 in range(lo_n, hi_n, BLOCK_N):
+            cols = n0 + offs_n
+            x = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
+            acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S,
+                                          D, off, c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
+                                          STORE_O2, SKIP, EVEN_D, PREC, ASM)
     return acc, acc2, zp, zu
 
 
@@ -367,7 +452,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32):
+                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32,
+                PIPE: tl.constexpr = 0):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -410,7 +496,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
         mn = tl.min(top, 1)
         top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
-                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC,
+                             (PIPE & 1) != 0)
         top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
                              slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
         kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
@@ -464,7 +551,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 shift = mx + t
                 c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
                                          full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
-                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC,
+                                         (PIPE & 2) != 0)
                 c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
                                          hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
                                          HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
@@ -481,7 +569,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
                                        shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                        CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
-                                       ASM)
+                                       ASM, (PIPE & 4) != 0)
         acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
                                        full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
                                        HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)
@@ -513,10 +601,12 @@ def _row_vec(ptr, rows, n, MASK: tl.constexpr):
 
 
 @triton.jit
-def _bwd_prep_kernel(DO, O2, STATS, BSTATS, T, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                     EVEN_D: tl.constexpr):
-    """Row statistics of the backward in one launch: delta = dO . O2 and, from the forward's
-    (mx, tau, 1/Z, U scale): (mx + tau, 1/Z, U scale, delta * U scale)."""
+def _bwd_prep_kernel(DO, O2, STATS, BSTATS, DOS, T, D, BLOCK: tl.constexpr,
+                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """Row statistics of the backward in one launch: delta = dO . O2; dO / Z (DOS, the dO
+    both backward kernels read: P = p / Z then needs no per-tile scaling); from the forward's
+    (mx, tau, 1/Z, U scale): (mx + tau, 1/Z, U scale * Z, delta * U scale), the U scale
+    times Z because dP is taken against dO / Z."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
@@ -527,9 +617,14 @@ def _bwd_prep_kernel(DO, O2, STATS, BSTATS, T, D, BLOCK: tl.constexpr, BLOCK_D: 
     sb = STATS + bh * 4 * T
     ob = BSTATS + bh * 4 * T
     usc = _row_vec(sb + 3 * T, rows, T, True)
+    zinv = _row_vec(sb + 2 * T, rows, T, True)
+    tl.store(DOS + bh * T * D + rows[:, None] * D + offs_d[None, :],
+             (do * zinv[:, None]).to(DOS.dtype.element_ty),
+             mask=rm[:, None] & (offs_d[None, :] < D))
     tl.store(ob + rows, _row_vec(sb, rows, T, True) + _row_vec(sb + T, rows, T, True), mask=rm)
-    tl.store(ob + T + rows, _row_vec(sb + 2 * T, rows, T, True), mask=rm)
-    tl.store(ob + 2 * T + rows, usc, mask=rm)
+    tl.store(ob + T + rows, zinv, mask=rm)
+    tl.store(ob + 2 * T + rows, tl.where(zinv > 0.0, usc / tl.where(zinv > 0.0, zinv, 1.0), 0.0),
+             mask=rm)
     tl.store(ob + 3 * T + rows, delta * usc, mask=rm)
 
 
@@ -539,13 +634,13 @@ def _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo_m, hi_m, T, 
                 HAS_ALIBI: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr,
                 EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
     """dK, dV contributions of the query blocks [lo_m, hi_m); tiles are (keys x queries).
-    Row statistics (``backward``): shift = mx + tau, 1/Z, the U scale and delta times it."""
+    dob: dO / Z; row statistics (``_bwd_prep_kernel``): shift = mx + tau, the U scale times Z,
+    delta times the U scale."""
     for m0 in range(lo_m, hi_m, BLOCK_M):
         rows = m0 + offs_m
         q = _load_rows(qb, rows, offs_d, T, D, EVEN_D, MASK)
         do = _load_rows(dob, rows, offs_d, T, D, EVEN_D, MASK)
         shift = _row_vec(sb, rows, T, MASK)
-        zinv = _row_vec(sb + T, rows, T, MASK)
         usc = _row_vec(sb + 2 * T, rows, T, MASK)
         dusc = _row_vec(sb + 3 * T, rows, T, MASK)
         dt = tl.dot(k, tl.trans(q), input_precision=PREC)
@@ -564,8 +659,7 @@ def _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo_m, hi_m, T, 
         if SKIP:
             need = tl.max(tl.max(u, 1), 0) > 0.0
         if need:
-            dos = (do * zinv[:, None]).to(do.dtype)  # P = p / Z: 1/Z folded into dO
-            dv += tl.dot(p.to(do.dtype), dos, input_precision=PREC)
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PREC)  # P = p / Z: 1/Z in dO
             dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
             dst = u * (dpt * usc[None, :] - dusc[None, :])
             dk += tl.dot(dst.to(q.dtype), q, input_precision=PREC)

@@ -46,10 +46,11 @@ def _signature(fn, const):
 
 def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi: bool = False,
                    blocks: tuple[int, int, int, int] | None = None, skip: bool = False,
-                   one_tile: int = 0):
+                   one_tile: int = 0, pipe: int | None = None, o2: bool | None = None):
     """(cubin bytes, SASS text, resource-usage text) of one kernel variant for sm_90, bf16,
     D=64, with the backend's launch configuration unless ``blocks`` is given; ``one_tile``: the
-    forward that holds rows of up to that many keys in one tile."""
+    forward that holds rows of up to that many keys in one tile; ``pipe``: the forward's PIPE
+    (default: the backend's choice); ``o2``: the training forward (default: one-tile only)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -66,7 +67,9 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
     if kind == "fwd":
         n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), torch.bfloat16)
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
-                     STORE_O2=bool(one_tile), R_TOP=TB.R_TOP, ONE_TILE=one is not None)
+                     STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
+                     ONE_TILE=one is not None,
+                     PIPE=TB.PIPE_PASSES if pipe is None else pipe)
     names = fn.arg_names
     sig, attrs = _signature(fn, const)
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
@@ -124,6 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", action="store_true", help="compile the tile-skipping variant")
     ap.add_argument("--blocks", default=None, help="BLOCK_M,BLOCK_N,warps,stages")
     ap.add_argument("--sass", default=None, help="also write the SASS listing here")
+    ap.add_argument("--pipe", type=int, default=None,
+                    help="forward: PIPE bits (1 max, 2 threshold, 4 output pass; default: the "
+                         "backend's)")
+    ap.add_argument("--o2", action="store_true", help="forward: the training variant (O2)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: this compiles for sm_90", file=sys.stderr)
@@ -132,7 +139,8 @@ def main(argv=None) -> int:
 
     blocks = tuple(int(x) for x in args.blocks.split(",")) if args.blocks else None
     _, sass, usage = compile_kernel(args.kernel, TB._mode(args.alpha), True, args.alibi,
-                                    blocks, args.skip)
+                                    blocks, args.skip, pipe=args.pipe,
+                                    o2=args.o2 or None)
     if args.sass:
         with open(args.sass, "w") as fh:
             fh.write(sass)
