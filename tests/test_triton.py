@@ -97,6 +97,25 @@ def test_tile_skipping_either_way_gives_the_same_function(monkeypatch, skip, alp
         assert rel(got, want, floor=1e-3) < 5e-5
 
 
+@pytest.mark.parametrize("alpha", [1.5, 1.25])
+@pytest.mark.parametrize("causal,alibi,T,S", [(True, True, 20, 45), (False, False, 37, 23)])
+def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, alibi, T, S):
+    """The backward's delta either way (SUITE_TRITON_DELTA_IN_DQ): from O2 kept by the
+    forward, or summed inside the dQ kernel from the output alone: float64 parity both."""
+    q, k, v = inputs(1, 2, T, 16, S=S, scale=3.0, seed=T + 2 * S)
+    bias = Alibi(torch.tensor([0.5, 0.0], device=DEV)) if alibi else None
+    g = torch.randn(1, 2, T, 16, generator=torch.Generator().manual_seed(9)).to(DEV)
+    yr, gr = ref64(q, k, v, alpha, causal, bias, g)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("SUITE_TRITON_DELTA_IN_DQ", flag)
+        assert TB.delta_in_dq() == (flag == "1")
+        y, grads = run(q, k, v, alpha, causal, bias, g)
+        assert rel(y, yr) < 2e-5, flag
+        for got, want in zip(grads, gr):
+            assert torch.isfinite(got).all(), flag
+            assert rel(got, want, floor=1e-3) < 5e-5, flag
+
+
 @pytest.mark.parametrize("alpha,causal,alibi,T,S", float32_cases())
 def test_float32_forward_and_gradients(alpha, causal, alibi, T, S):
     B, H = (2, 3) if CUDA else (1, 2)

@@ -142,6 +142,8 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
     # 9.45-10.18)
     if kind == "dkdv":
         return (64, 64, 4, 2) if big else (32, 128, 4, 2)
+    if delta_in_dq():  # two more accumulators: 128,64,4,3 spills there (tests/tools/triton_sass)
+        return 64, 64, 4, 2
     return (64, 64, 4, 2) if big else (128, 64, 4, 3)
 
 
@@ -245,21 +247,33 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     return out, (o2 if need_o2 else None), stats
 
 
-def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
+def delta_in_dq() -> bool:
+    """Whether the backward finds delta_i = sum_j U_ij dP_ij / sum_j U_ij inside the dQ kernel
+    (default) instead of from O2 = U V / sum U kept by the forward: the training forward then
+    runs as the inference one (no second P V product, no O2 store), and the dQ kernel carries
+    one more product (u K) and two row sums. SUITE_TRITON_DELTA_IN_DQ=0: O2."""
+    return os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "1") != "0"
+
+
+def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None):
+    """dq, dk, dv. ``o``: O2 (``exact``) or the forward's output (delta found in the dQ
+    kernel); ``exact`` defaults to ``not delta_in_dq()``."""
     kern = _kernels()
+    exact = (not delta_in_dq()) if exact is None else exact
     B, H, T, D = q.shape
     S = k.shape[2]
     dout = dout.contiguous()
     BD = max(16, triton_next_pow2(D))
     # one launch: dO / Z (what both kernels read) and the per-row statistics shift = mx + tau,
     # 1/Z, the U scale times Z, and delta times the U scale (dS = u (dP' usc Z - delta usc)
-    # with dP' = (dO / Z) V^T), delta_i = dO_i . O2_i
+    # with dP' = (dO / Z) V^T), delta_i = dO_i . O2_i; without O2, dO_i . O_i / Z_i there,
+    # and the dQ kernel (launched first) replaces it by delta times the U scale
     bstats = torch.empty_like(stats)
     dos = torch.empty_like(dout)
     prep = 64 if torch.device(q.device).type == "cuda" else 32
     kern._bwd_prep_kernel[(triton_cdiv(T, prep), B * H)](
-        dout, o2, stats, bstats, dos, T, D, BLOCK=prep, BLOCK_D=BD, EVEN_D=(BD == D),
-        num_warps=4 if prep == 64 else 1)
+        dout, o.contiguous(), stats, bstats, dos, T, D, BLOCK=prep, BLOCK_D=BD,
+        EVEN_D=(BD == D), EXACT=bool(exact), num_warps=4 if prep == 64 else 1)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -268,13 +282,13 @@ def backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale):
                   SKIP=skip_empty_tiles(has_alibi, backward=True), BLOCK_D=BD,
                   EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret())
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
-    bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
-    kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
-        q, k, v, dos, bstats, dk, dv, slopes, *args,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
         q, k, v, dos, bstats, dq, slopes, *args,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=not exact, **common)
+    bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
+    kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
+        q, k, v, dos, bstats, dk, dv, slopes, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
     return dq, dk, dv
 
@@ -310,32 +324,33 @@ def _(q, k, v, slopes, has_alibi, alpha, causal, sm_scale, need_o2):
 
 
 @torch.library.custom_op("suite::entmax_attention_bwd", mutates_args=())
-def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o2: torch.Tensor,
+def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
             stats: torch.Tensor, dout: torch.Tensor, slopes: torch.Tensor, has_alibi: bool,
-            alpha: float, causal: bool, sm_scale: float
+            alpha: float, causal: bool, sm_scale: float, exact: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     bias = Alibi(slopes) if has_alibi else None
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return backward(q, k, v, o2, stats, dout, alpha, causal, bias, sm_scale)
+    return backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=exact)
 
 
 @_bwd_op.register_fake
-def _(q, k, v, o2, stats, dout, slopes, has_alibi, alpha, causal, sm_scale):
+def _(q, k, v, o, stats, dout, slopes, has_alibi, alpha, causal, sm_scale, exact):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, slopes, has_alibi, alpha, causal, sm_scale, need_o2 = inputs
-    _, o2, stats = output
-    ctx.save_for_backward(q, k, v, o2, stats, slopes)
-    ctx.args = (has_alibi, alpha, causal, sm_scale)
+    out, o2, stats = output
+    # with O2 the backward takes delta from it; without, from the output and the dQ kernel
+    ctx.save_for_backward(q, k, v, o2 if need_o2 else out, stats, slopes)
+    ctx.args = (has_alibi, alpha, causal, sm_scale, bool(need_o2))
 
 
 def _backward(ctx, dout, _do2, _dstats):
-    q, k, v, o2, stats, slopes = ctx.saved_tensors
-    has_alibi, alpha, causal, sm_scale = ctx.args
-    dq, dk, dv = _bwd_op(q, k, v, o2, stats, dout.contiguous(), slopes, has_alibi, alpha,
-                         causal, sm_scale)
+    q, k, v, o, stats, slopes = ctx.saved_tensors
+    has_alibi, alpha, causal, sm_scale, exact = ctx.args
+    dq, dk, dv = _bwd_op(q, k, v, o, stats, dout.contiguous(), slopes, has_alibi, alpha,
+                         causal, sm_scale, exact)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -373,5 +388,5 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
     slopes, has_alibi = _slopes(bias, q.shape[1], q.device)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the kernels index densely
     out, _, _ = _fwd_op(q, k, v, slopes, has_alibi, float(norm.alpha), bool(causal),
-                        float(sm_scale), grad)
+                        float(sm_scale), grad and not delta_in_dq())
     return out

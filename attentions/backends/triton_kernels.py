@@ -601,18 +601,20 @@ def _row_vec(ptr, rows, n, MASK: tl.constexpr):
 
 
 @triton.jit
-def _bwd_prep_kernel(DO, O2, STATS, BSTATS, DOS, T, D, BLOCK: tl.constexpr,
-                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
-    """Row statistics of the backward in one launch: delta = dO . O2; dO / Z (DOS, the dO
-    both backward kernels read: P = p / Z then needs no per-tile scaling); from the forward's
-    (mx, tau, 1/Z, U scale): (mx + tau, 1/Z, U scale * Z, delta * U scale), the U scale
-    times Z because dP is taken against dO / Z."""
+def _bwd_prep_kernel(DO, OUT, STATS, BSTATS, DOS, T, D, BLOCK: tl.constexpr,
+                     BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, EXACT: tl.constexpr):
+    """Row statistics of the backward in one launch. dO / Z (DOS, the dO both backward
+    kernels read: P = p / Z then needs no per-tile scaling); from the forward's (mx, tau, 1/Z,
+    U scale): (mx + tau, 1/Z, U scale * Z, *), the U scale times Z because dP' = (dO / Z) V^T
+    is what the kernels form. Slot 3: with EXACT (OUT is O2 = U V / sum U), delta * U scale,
+    delta_i = dO_i . O2_i; else (OUT is the output O) the start dO_i . O_i / Z_i of the dQ
+    kernel, which finds delta on the fly and writes delta * U scale there."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     do = _load_rows(DO + bh * T * D, rows, offs_d, T, D, EVEN_D, True).to(tl.float32)
-    o2 = _load_rows(O2 + bh * T * D, rows, offs_d, T, D, EVEN_D, True).to(tl.float32)
-    delta = tl.sum(do * o2, 1)
+    o = _load_rows(OUT + bh * T * D, rows, offs_d, T, D, EVEN_D, True).to(tl.float32)
+    dot = tl.sum(do * o, 1)
     rm = rows < T
     sb = STATS + bh * 4 * T
     ob = BSTATS + bh * 4 * T
@@ -625,7 +627,10 @@ def _bwd_prep_kernel(DO, O2, STATS, BSTATS, DOS, T, D, BLOCK: tl.constexpr,
     tl.store(ob + T + rows, zinv, mask=rm)
     tl.store(ob + 2 * T + rows, tl.where(zinv > 0.0, usc / tl.where(zinv > 0.0, zinv, 1.0), 0.0),
              mask=rm)
-    tl.store(ob + 3 * T + rows, delta * usc, mask=rm)
+    if EXACT:
+        tl.store(ob + 3 * T + rows, dot * usc, mask=rm)
+    else:
+        tl.store(ob + 3 * T + rows, dot * zinv, mask=rm)
 
 
 @triton.jit
@@ -720,11 +725,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES,
 
 
 @triton.jit
-def _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, lo_n, hi_n, S, D, off,
-              c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_ALIBI: tl.constexpr, SKIP: tl.constexpr, BLOCK_N: tl.constexpr,
-              EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
-    """dQ contributions of the key tiles [lo_n, hi_n)."""
+def _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, lo_n, hi_n,
+              S, D, off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, SKIP: tl.constexpr,
+              BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+              ASM: tl.constexpr, DELTA: tl.constexpr):
+    """dQ contributions of the key tiles [lo_n, hi_n). With DELTA (delta not known yet; dusc
+    holds the start d0 = dO . O / Z): dq += u (dP' - d0) K, bk += u K and the row sums su of u
+    and st of u (dP' - d0), so that delta / Z = d0 + st / su and dQ = usc (dq - st / su bk)."""
     for n0 in range(lo_n, hi_n, BLOCK_N):
         cols = n0 + offs_n
         kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
@@ -737,9 +745,16 @@ def _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, lo_n, h
         if need:
             vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
             dp = tl.dot(do, vt, input_precision=PREC)
-            ds = u * (dp * usc[:, None] - dusc[:, None])
-            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
-    return dq
+            if DELTA:
+                t = u * (dp - dusc[:, None])
+                su += tl.sum(u, 1)
+                st += tl.sum(t, 1)
+                dq += tl.dot(t.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+                bk += tl.dot(u.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+            else:
+                ds = u * (dp * usc[:, None] - dusc[:, None])
+                dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+    return dq, bk, su, st
 
 
 @triton.jit
@@ -748,8 +763,9 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
                    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
                    SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                   ASM: tl.constexpr):
-    """dQ for one block of BLOCK_M queries."""
+                   ASM: tl.constexpr, DELTA: tl.constexpr = False):
+    """dQ for one block of BLOCK_M queries. With DELTA it also finds delta (the forward kept
+    no O2) and stores delta * U scale for the dK/dV kernel, which runs after it."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -769,12 +785,21 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
     slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
     full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, 0, full_n, S, D,
-                   off, c1, slope_c, r, MODE, False, CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D,
-                   PREC, ASM)
-    dq = _dq_range(dq, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, dusc, full_n, hi_n, S,
-                   D, off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D,
-                   PREC, ASM)
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if DELTA:
+        bk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    else:
+        bk = dq  # unused
+    dq, bk, su, st = _dq_range(dq, bk, zero, zero, q, do, kb, vb, rows, offs_n, offs_d, shift,
+                               usc, dusc, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
+                               CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D, PREC, ASM, DELTA)
+    dq, bk, su, st = _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc,
+                               dusc, full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
+                               HAS_ALIBI, SKIP, BLOCK_N, EVEN_D, PREC, ASM, DELTA)
+    if DELTA:
+        corr = tl.where(su > 0.0, st / tl.where(su > 0.0, su, 1.0), 0.0)
+        dq = (dq - corr[:, None] * bk) * usc[:, None]
+        tl.store(sb + 3 * T + rows, (dusc + corr) * usc, mask=rmask)
     omask = rmask[:, None] & (offs_d[None, :] < D)
     tl.store(DQ + bh * T * D + rows[:, None] * D + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=omask)

@@ -189,12 +189,14 @@ def _sweep_one(T):
             ms = _timed_with("SUITE_TRITON_BLOCKS_FWD", cfg, lambda: fn(q, k, v))
             out.append({"kernel": "fwd", "cfg": cfg, "T": T, "ms": ms})
             print(out[-1], flush=True)
-        _, o2, stats = TB.forward(q, k, v, 1.5, True, None, sm)
+        exact = not TB.delta_in_dq()  # the backward training runs: O2 kept, or delta in dQ
+        o, o2, stats = TB.forward(q, k, v, 1.5, True, None, sm, need_o2=exact)
+        kept = o2 if exact else o
         g = torch.randn_like(q)
         for kind, cfgs in (("dkdv", DKDV_CFGS), ("dq", DQ_CFGS)):
             for cfg in cfgs:
                 ms = _timed_with(f"SUITE_TRITON_BLOCKS_{kind.upper()}", cfg, lambda: TB.backward(
-                    q, k, v, o2, stats, g, 1.5, True, None, sm))
+                    q, k, v, kept, stats, g, 1.5, True, None, sm, exact=exact))
                 out.append({"kernel": f"bwd ({kind} varied)", "cfg": cfg, "T": T, "ms": ms})
                 print(out[-1], flush=True)
     return out

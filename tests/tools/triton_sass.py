@@ -46,11 +46,13 @@ def _signature(fn, const):
 
 def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi: bool = False,
                    blocks: tuple[int, int, int, int] | None = None, skip: bool = False,
-                   one_tile: int = 0, pipe: int | None = None, o2: bool | None = None):
+                   one_tile: int = 0, pipe: int | None = None, o2: bool | None = None,
+                   delta: bool | None = None):
     """(cubin bytes, SASS text, resource-usage text) of one kernel variant for sm_90, bf16,
     D=64, with the backend's launch configuration unless ``blocks`` is given; ``one_tile``: the
     forward that holds rows of up to that many keys in one tile; ``pipe``: the forward's PIPE
-    (default: the backend's choice); ``o2``: the training forward (default: one-tile only)."""
+    (default: the backend's choice); ``o2``: the training forward (default: one-tile only);
+    ``delta``: the dQ kernel that finds delta itself (default: the backend's choice)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -70,6 +72,8 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
                      ONE_TILE=one is not None,
                      PIPE=TB.PIPE_PASSES if pipe is None else pipe)
+    if kind == "dq":
+        const["DELTA"] = TB.delta_in_dq() if delta is None else delta
     names = fn.arg_names
     sig, attrs = _signature(fn, const)
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
@@ -131,6 +135,8 @@ def main(argv=None) -> int:
                     help="forward: PIPE bits (1 max, 2 threshold, 4 output pass; default: the "
                          "backend's)")
     ap.add_argument("--o2", action="store_true", help="forward: the training variant (O2)")
+    ap.add_argument("--delta", type=int, default=None, choices=(0, 1),
+                    help="dq: finds delta itself (1) or reads it (0); default: the backend's")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: this compiles for sm_90", file=sys.stderr)
@@ -140,7 +146,8 @@ def main(argv=None) -> int:
     blocks = tuple(int(x) for x in args.blocks.split(",")) if args.blocks else None
     _, sass, usage = compile_kernel(args.kernel, TB._mode(args.alpha), True, args.alibi,
                                     blocks, args.skip, pipe=args.pipe,
-                                    o2=args.o2 or None)
+                                    o2=args.o2 or None,
+                                    delta=None if args.delta is None else bool(args.delta))
     if args.sass:
         with open(args.sass, "w") as fh:
             fh.write(sass)
