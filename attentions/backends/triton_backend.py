@@ -255,6 +255,12 @@ def delta_in_dq() -> bool:
     return os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "1") != "0"
 
 
+def _delta_mode(exact: bool) -> int:
+    if exact:
+        return 0
+    return 2 if os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "1") == "2" else 1
+
+
 def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None):
     """dq, dk, dv. ``o``: O2 (``exact``) or the forward's output (delta found in the dQ
     kernel); ``exact`` defaults to ``not delta_in_dq()``."""
@@ -285,7 +291,8 @@ def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None)
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
         q, k, v, dos, bstats, dq, slopes, *args,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=not exact, **common)
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=_delta_mode(exact),
+        **common)
     bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
         q, k, v, dos, bstats, dk, dv, slopes, *args,

@@ -745,7 +745,14 @@ def _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, d
         if need:
             vt = _load_cols(vb, cols, offs_d, S, D, EVEN_D, MASK)
             dp = tl.dot(do, vt, input_precision=PREC)
-            if DELTA:
+            if DELTA == 2:  # the row sums on the tensor cores: su = u 1, st from bv = u V
+                t = u * (dp - dusc[:, None])
+                u16 = u.to(kt.dtype)
+                dq += tl.dot(t.to(kt.dtype), tl.trans(kt), input_precision=PREC)
+                bk += tl.dot(u16, tl.trans(kt), input_precision=PREC)
+                st += tl.dot(u16, tl.trans(vt), input_precision=PREC)
+                su += tl.dot(u16, tl.full([BLOCK_N, 16], 1.0, kt.dtype), input_precision=PREC)
+            elif DELTA:
                 t = u * (dp - dusc[:, None])
                 su += tl.sum(u, 1)
                 st += tl.sum(t, 1)
@@ -785,17 +792,27 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
     slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
     full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if DELTA:
+    if DELTA == 2:
         bk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        su = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+        st = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    elif DELTA:
+        bk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        su = tl.zeros([BLOCK_M], dtype=tl.float32)
+        st = tl.zeros([BLOCK_M], dtype=tl.float32)
     else:
         bk = dq  # unused
-    dq, bk, su, st = _dq_range(dq, bk, zero, zero, q, do, kb, vb, rows, offs_n, offs_d, shift,
+        su = tl.zeros([BLOCK_M], dtype=tl.float32)
+        st = su
+    dq, bk, su, st = _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift,
                                usc, dusc, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D, PREC, ASM, DELTA)
     dq, bk, su, st = _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc,
                                dusc, full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
                                HAS_ALIBI, SKIP, BLOCK_N, EVEN_D, PREC, ASM, DELTA)
+    if DELTA == 2:
+        su = tl.sum(su, 1) * (1.0 / 16.0)
+        st = tl.sum(do.to(tl.float32) * st, 1) - dusc * su
     if DELTA:
         corr = tl.where(su > 0.0, st / tl.where(su > 0.0, su, 1.0), 0.0)
         dq = (dq - corr[:, None] * bk) * usc[:, None]

@@ -73,7 +73,7 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
                      ONE_TILE=one is not None,
                      PIPE=TB.PIPE_PASSES if pipe is None else pipe)
     if kind == "dq":
-        const["DELTA"] = TB.delta_in_dq() if delta is None else delta
+        const["DELTA"] = int(TB.delta_in_dq() if delta is None else delta)
     names = fn.arg_names
     sig, attrs = _signature(fn, const)
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                     help="forward: PIPE bits (1 max, 2 threshold, 4 output pass; default: the "
                          "backend's)")
     ap.add_argument("--o2", action="store_true", help="forward: the training variant (O2)")
-    ap.add_argument("--delta", type=int, default=None, choices=(0, 1),
+    ap.add_argument("--delta", type=int, default=None, choices=(0, 1, 2),
                     help="dq: finds delta itself (1) or reads it (0); default: the backend's")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     _, sass, usage = compile_kernel(args.kernel, TB._mode(args.alpha), True, args.alibi,
                                     blocks, args.skip, pipe=args.pipe,
                                     o2=args.o2 or None,
-                                    delta=None if args.delta is None else bool(args.delta))
+                                    delta=args.delta)
     if args.sass:
         with open(args.sass, "w") as fh:
             fh.write(sass)
