@@ -147,17 +147,6 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
     return (64, 64, 4, 2) if big else (128, 64, 4, 3)
 
 
-#: forward passes whose unmasked key tiles issue the next tile's QK^T before the current
-#: tile's arithmetic (bits: 1 max pass, 2 threshold passes, 4 output pass), so the tensor
-#: cores and the ALU overlap within a program; SUITE_TRITON_PIPE overrides
-PIPE_PASSES = 0
-
-
-def pipe_passes() -> int:
-    env = os.environ.get("SUITE_TRITON_PIPE")
-    return int(env) if env else PIPE_PASSES
-
-
 #: rows of at most this many keys (training lengths) take the short-row blocks below
 SHORT_ROWS = 512
 
@@ -241,7 +230,7 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
         EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
         STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
-        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT, PIPE=pipe_passes(),
+        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT,
         num_warps=warps, num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats

@@ -260,12 +260,6 @@ def _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c,
 
 
 @triton.jit
-def _last_tile(lo_n, hi_n, BLOCK_N: tl.constexpr):
-    """The start of the last key tile of [lo_n, hi_n) (hi_n > lo_n)."""
-    return lo_n + (hi_n - lo_n - 1) // BLOCK_N * BLOCK_N
-
-
-@triton.jit
 def _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr):
     """One key tile of the max pass, from its raw dot products s: each row keeps its R largest
@@ -289,29 +283,13 @@ def _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK: tl.constexpr,
 @triton.jit
 def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, slope_c,
                MASK: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-               PIPE: tl.constexpr = False):
-    """Max pass over key tiles [lo_n, hi_n) (``_max_tile`` per tile). With PIPE the product
-    of the next tile is issued before the current tile's arithmetic, so the tensor cores
-    work while the ALU does (one more tile of scores in registers)."""
-    if PIPE:
-        if lo_n < hi_n:
-            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
-                       input_precision=PREC)
-            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
-                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
-                            input_precision=PREC)
-                top, mn = _max_tile(top, mn, x, rows, n0 - BLOCK_N + offs_n, S, off, c1,
-                                    slope_c, MASK, CAUSAL, HAS_ALIBI)
-                x = xn
-            top, mn = _max_tile(top, mn, x, rows, _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, S,
-                                off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
-    else:
-        for n0 in range(lo_n, hi_n, BLOCK_N):
-            cols = n0 + offs_n
-            s = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
-            top, mn = _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK, CAUSAL,
-                                HAS_ALIBI)
+               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """Max pass over key tiles [lo_n, hi_n) (``_max_tile`` per tile)."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        s = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
+        top, mn = _max_tile(top, mn, s, rows, cols, S, off, c1, slope_c, MASK, CAUSAL,
+                            HAS_ALIBI)
     return top, mn
 
 
@@ -319,39 +297,17 @@ def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, 
 def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D, off, c1,
                  slope_c, r, MODE: tl.constexpr, ASM: tl.constexpr, MASK: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, BLOCK_N: tl.constexpr,
-                 EVEN_D: tl.constexpr, PREC: tl.constexpr, PIPE: tl.constexpr = False):
-    """Threshold-pass sums over key tiles [lo_n, hi_n) at the per-row shift mx + t (PIPE: the
-    next tile's product issued first, as in ``_max_range``)."""
-    if PIPE:
-        if lo_n < hi_n:
-            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
-                       input_precision=PREC)
-            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
-                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
-                            input_precision=PREC)
-                d = _shift_scores(x, rows, n0 - BLOCK_N + offs_n, shift, S, off, c1, slope_c,
-                                  MASK, CAUSAL, HAS_ALIBI)
-                a, b, e = _stats(d, r, MODE, ASM)
-                c += a
-                s1 += b
-                s2 += e
-                x = xn
-            d = _shift_scores(x, rows, _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, shift, S, off,
-                              c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
-            a, b, e = _stats(d, r, MODE, ASM)
-            c += a
-            s1 += b
-            s2 += e
-    else:
-        for n0 in range(lo_n, hi_n, BLOCK_N):
-            cols = n0 + offs_n
-            kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
-            d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
-                         PREC)
-            a, b, e = _stats(d, r, MODE, ASM)
-            c += a
-            s1 += b
-            s2 += e
+                 EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    """Threshold-pass sums over key tiles [lo_n, hi_n) at the per-row shift mx + t."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
+        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
+                     PREC)
+        a, b, e = _stats(d, r, MODE, ASM)
+        c += a
+        s1 += b
+        s2 += e
     return c, s1, s2
 
 
@@ -385,32 +341,14 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
                off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
                SKIP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-               PREC: tl.constexpr, ASM: tl.constexpr, PIPE: tl.constexpr = False):
-    """Output pass over key tiles [lo_n, hi_n) (``_out_tile`` per tile; PIPE: the next tile's
-    QK^T issued first, as in ``_max_range``)."""
-    if PIPE:
-        if lo_n < hi_n:
-            x = tl.dot(q, _load_cols(kb, lo_n + offs_n, offs_d, S, D, EVEN_D, MASK),
-                       input_precision=PREC)
-            for n0 in range(lo_n + BLOCK_N, hi_n, BLOCK_N):
-                xn = tl.dot(q, _load_cols(kb, n0 + offs_n, offs_d, S, D, EVEN_D, MASK),
-                            input_precision=PREC)
-                acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows,
-                                              n0 - BLOCK_N + offs_n, offs_d, shift, S, D, off,
-                                              c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
-                                              STORE_O2, SKIP, EVEN_D, PREC, ASM)
-                x = xn
-            acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows,
-                                          _last_tile(lo_n, hi_n, BLOCK_N) + offs_n, offs_d,
-                                          shift, S, D, off, c1, slope_c, r, MODE, MASK, CAUSAL,
-                                          HAS_ALIBI, STORE_O2, SKIP, EVEN_D, PREC, ASM)
-    else:
-        for n0 in range(lo_n, hi_n, BLOCK_N):
-            cols = n0 + offs_n
-            x = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
-            acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S,
-                                          D, off, c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
-                                          STORE_O2, SKIP, EVEN_D, PREC, ASM)
+               PREC: tl.constexpr, ASM: tl.constexpr):
+    """Output pass over key tiles [lo_n, hi_n) (``_out_tile`` per tile)."""
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        cols = n0 + offs_n
+        x = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
+        acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S,
+                                      D, off, c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
+                                      STORE_O2, SKIP, EVEN_D, PREC, ASM)
     return acc, acc2, zp, zu
 
 
@@ -452,8 +390,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32,
-                PIPE: tl.constexpr = 0):
+                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -496,8 +433,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
         mn = tl.min(top, 1)
         top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
-                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC,
-                             (PIPE & 1) != 0)
+                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
         top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
                              slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
         kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
@@ -551,8 +487,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 shift = mx + t
                 c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
                                          full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
-                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC,
-                                         (PIPE & 2) != 0)
+                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
                 c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
                                          hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
                                          HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
@@ -569,7 +504,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
                                        shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                        CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
-                                       ASM, (PIPE & 4) != 0)
+                                       ASM)
         acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
                                        full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
                                        HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)

@@ -46,13 +46,13 @@ def _signature(fn, const):
 
 def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi: bool = False,
                    blocks: tuple[int, int, int, int] | None = None, skip: bool = False,
-                   one_tile: int = 0, pipe: int | None = None, o2: bool | None = None,
-                   delta: bool | None = None):
+                   one_tile: int = 0, o2: bool | None = None,
+                   delta: int | None = None):
     """(cubin bytes, SASS text, resource-usage text) of one kernel variant for sm_90, bf16,
     D=64, with the backend's launch configuration unless ``blocks`` is given; ``one_tile``: the
-    forward that holds rows of up to that many keys in one tile; ``pipe``: the forward's PIPE
-    (default: the backend's choice); ``o2``: the training forward (default: one-tile only);
-    ``delta``: the dQ kernel that finds delta itself (default: the backend's choice)."""
+    forward that holds rows of up to that many keys in one tile; ``o2``: the forward that also
+    stores O2 (default: one-tile only); ``delta``: the dQ kernel's DELTA (0: reads delta, 1 or
+    2: finds it; default: the backend's choice)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -70,8 +70,7 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
         n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), torch.bfloat16)
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
-                     ONE_TILE=one is not None,
-                     PIPE=TB.PIPE_PASSES if pipe is None else pipe)
+                     ONE_TILE=one is not None)
     if kind == "dq":
         const["DELTA"] = int(TB.delta_in_dq() if delta is None else delta)
     names = fn.arg_names
@@ -131,9 +130,6 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", action="store_true", help="compile the tile-skipping variant")
     ap.add_argument("--blocks", default=None, help="BLOCK_M,BLOCK_N,warps,stages")
     ap.add_argument("--sass", default=None, help="also write the SASS listing here")
-    ap.add_argument("--pipe", type=int, default=None,
-                    help="forward: PIPE bits (1 max, 2 threshold, 4 output pass; default: the "
-                         "backend's)")
     ap.add_argument("--o2", action="store_true", help="forward: the training variant (O2)")
     ap.add_argument("--delta", type=int, default=None, choices=(0, 1, 2),
                     help="dq: finds delta itself (1) or reads it (0); default: the backend's")
@@ -145,7 +141,7 @@ def main(argv=None) -> int:
 
     blocks = tuple(int(x) for x in args.blocks.split(",")) if args.blocks else None
     _, sass, usage = compile_kernel(args.kernel, TB._mode(args.alpha), True, args.alibi,
-                                    blocks, args.skip, pipe=args.pipe,
+                                    blocks, args.skip,
                                     o2=args.o2 or None,
                                     delta=args.delta)
     if args.sass:
