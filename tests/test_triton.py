@@ -100,15 +100,17 @@ def test_tile_skipping_either_way_gives_the_same_function(monkeypatch, skip, alp
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 @pytest.mark.parametrize("causal,alibi,T,S", [(True, True, 20, 45), (False, False, 37, 23)])
 def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, alibi, T, S):
-    """The backward's delta either way (SUITE_TRITON_DELTA_IN_DQ): from O2 kept by the
-    forward, or summed inside the dQ kernel from the output alone: float64 parity both."""
+    """The backward's delta every way (SUITE_TRITON_DELTA_IN_DQ): from O2 kept by the
+    forward (0), or summed inside the dQ kernel from the output alone, its row sums on the ALU
+    (1) or the tensor cores (2): float64 parity each."""
     q, k, v = inputs(1, 2, T, 16, S=S, scale=3.0, seed=T + 2 * S)
     bias = Alibi(torch.tensor([0.5, 0.0], device=DEV)) if alibi else None
     g = torch.randn(1, 2, T, 16, generator=torch.Generator().manual_seed(9)).to(DEV)
     yr, gr = ref64(q, k, v, alpha, causal, bias, g)
-    for flag in ("0", "1"):
+    for flag in ("0", "1", "2"):
         monkeypatch.setenv("SUITE_TRITON_DELTA_IN_DQ", flag)
-        assert TB.delta_in_dq() == (flag == "1")
+        assert TB.delta_in_dq() == (flag != "0")
+        assert TB._delta_mode(not TB.delta_in_dq(), S) == int(flag)
         y, grads = run(q, k, v, alpha, causal, bias, g)
         assert rel(y, yr) < 2e-5, flag
         for got, want in zip(grads, gr):

@@ -137,13 +137,14 @@ def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
     if kind == "fwd":
         return (128, 64, 8, 2) if big else (128, 64, 4, 3)
     # D <= 64: the fastest of `python -m suite.bench.cuda --sweep` on an H100 (2026-11-27):
-    # forward 128,64,4,3 (5.17 ms at T=16384 against 5.85-7.63 for the others), dK/dV
-    # 32,128,4,2 (9.62 ms for the backward against 9.76-10.25), dQ 128,64,4,3 (9.39 against
-    # 9.45-10.18)
+    # forward 128,64,4,3 (5.17 ms at T=16384 against 5.85-7.63 for the others), dQ 128,64,4,3
+    # (9.39 ms for the backward against 9.45-10.18) where it reads delta; on an H200
+    # (2026-12-01, TRITON_NOTES.md) dK/dV 32,128,4,3 (-1.5% forward+backward against
+    # 32,128,4,2) and, where dQ finds delta, 64,64,4,3 (128,64,4,3 spills there)
     if kind == "dkdv":
-        return (64, 64, 4, 2) if big else (32, 128, 4, 2)
-    if delta_in_dq():  # two more accumulators: 128,64,4,3 spills there (tests/tools/triton_sass)
-        return 64, 64, 4, 2
+        return (64, 64, 4, 2) if big else (32, 128, 4, 3)
+    if delta_in_dq():
+        return (64, 64, 4, 2) if big else (64, 64, 4, 3)
     return (64, 64, 4, 2) if big else (128, 64, 4, 3)
 
 
@@ -240,14 +241,20 @@ def delta_in_dq() -> bool:
     """Whether the backward finds delta_i = sum_j U_ij dP_ij / sum_j U_ij inside the dQ kernel
     (default) instead of from O2 = U V / sum U kept by the forward: the training forward then
     runs as the inference one (no second P V product, no O2 store), and the dQ kernel carries
-    one more product (u K) and two row sums. SUITE_TRITON_DELTA_IN_DQ=0: O2."""
-    return os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "1") != "0"
+    one more product (u K) and the row sums of u and u (dP - d0). SUITE_TRITON_DELTA_IN_DQ=0:
+    O2; 1 or 2: the row sums on the ALU (1) or the tensor cores (2, as u 1 and u V) whatever
+    the length (default: 2 for long rows, 1 up to SHORT_ROWS keys; TRITON_NOTES.md)."""
+    return os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "") != "0"
 
 
-def _delta_mode(exact: bool) -> int:
+def _delta_mode(exact: bool, S: int) -> int:
+    """The dQ kernel's DELTA: 0 reads delta (O2 kept), 1 or 2 finds it (``delta_in_dq``)."""
     if exact:
         return 0
-    return 2 if os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "1") == "2" else 1
+    env = os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "")
+    if env in ("1", "2"):
+        return int(env)
+    return 1 if S <= SHORT_ROWS else 2
 
 
 def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None):
@@ -280,7 +287,7 @@ def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None)
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
         q, k, v, dos, bstats, dq, slopes, *args,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=_delta_mode(exact),
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=_delta_mode(exact, S),
         **common)
     bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](

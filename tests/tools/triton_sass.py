@@ -72,7 +72,9 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
                      ONE_TILE=one is not None)
     if kind == "dq":
-        const["DELTA"] = int(TB.delta_in_dq() if delta is None else delta)
+        if delta is None:  # the backend's choice for long rows
+            delta = TB._delta_mode(not TB.delta_in_dq(), 1 << 14)
+        const["DELTA"] = delta
     names = fn.arg_names
     sig, attrs = _signature(fn, const)
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
