@@ -17,17 +17,19 @@ one launch:
    the root of the quadratic model, exact once the support is (see ``_update15``); alpha = 2:
    Michelot steps; other alpha: Halley with bisection. N_TAU passes, more (adaptive) on blocks
    whose rows see few key tiles.
-4. output pass: QK^T, p, O = P V / Z and, for training, O2 = U V / sum U with U = p^(2-alpha);
-   with SKIP, tiles with no entry above tau skip the PV products.
+4. output pass: QK^T, p, O = P V / Z and, with STORE_O2 (training where the backward reads
+   delta from it), O2 = U V / sum U with U = p^(2-alpha); with SKIP, tiles with no entry above
+   tau skip the PV products.
 Rows of at most BLOCK_N keys (ONE_TILE: short training rows) skip 1-3: QK^T once, the scores
 stay in registers and the threshold iterates on them (``_one_tile_tau``), then one P V.
 Row statistics (mx, tau, 1/Z, Z^(alpha-2)) are stored for the backward: linear memory.
 
-Backward (two kernels): dK/dV per key block looping over query blocks, dQ per query block
-looping over key blocks; both recompute x from the row statistics (shift = mx + tau, 1/Z, the U
-scale and delta times it, prepared by ``triton_backend.backward``) and use
-dz = U * (dP - delta), delta_i = dO_i . O2_i. Masked tiles (causal diagonal, partial blocks)
-run in loops of their own. Costs and measurements: TRITON_NOTES.md.
+Backward (two kernels after a prep kernel): dQ per query block looping over key blocks, then
+dK/dV per key block looping over query blocks; both recompute x from the row statistics
+(shift = mx + tau, 1/Z, the U scale and delta times it, prepared by ``triton_backend.backward``)
+and use dz = U * (dP - delta), delta_i = sum_j U_ij dP_ij / sum_j U_ij = dO_i . O2_i: read
+from O2, or (DELTA) found by the dQ kernel, which stores it for dK/dV. Masked tiles (causal
+diagonal, partial blocks) run in loops of their own. Costs and measurements: TRITON_NOTES.md.
 """
 
 from __future__ import annotations
