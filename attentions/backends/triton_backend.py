@@ -3,8 +3,9 @@
 Forward and backward of alpha-entmax attention (alpha in (1, 2]; 1.5 and 2 on exact fast paths
 without transcendentals), causal or not, per-head ALiBi slopes applied inside the kernels, any
 T and S, head dims up to 256 (padded to a power of two >= 16), fp16/bf16/fp32 inputs with fp32
-accumulation. Memory is linear in T: the output, O2 = U V / sum U (only when a gradient is
-needed) and four floats per row. Design, pass counts and costs: TRITON_NOTES.md.
+accumulation. Memory is linear in T: the output, four floats per row, and O2 = U V / sum U
+only where the backward reads delta from it (``delta_in_dq`` off). Design, pass counts and
+costs: TRITON_NOTES.md.
 
 What the kernels do not take goes to the torch backend, which computes the same function:
 float64 inputs (the contract's 1e-10 checks), dense bias tensors, softmax and top-k.

@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sass", default=None, help="also write the SASS listing here")
     ap.add_argument("--o2", action="store_true", help="forward: the training variant (O2)")
     ap.add_argument("--delta", type=int, default=None, choices=(0, 1, 2),
-                    help="dq: finds delta itself (1) or reads it (0); default: the backend's")
+                    help="dq: reads delta (0) or finds it with its row sums on the ALU (1) or the "
+                         "tensor cores (2); default: the backend's choice for long rows")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: this compiles for sm_90", file=sys.stderr)
