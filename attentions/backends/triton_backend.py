@@ -117,20 +117,6 @@ def skip_empty_tiles(has_alibi: bool, backward: bool = False) -> bool:
     return backward and has_alibi
 
 
-def tc_sums(dtype: torch.dtype, alpha: float, skip: bool) -> tuple[bool, bool]:
-    """(TCS, TCZ) of the tiled forward: the threshold passes' count and sum (x - t) as fp16
-    tiles times a tile of ones on the tensor cores (TCS), and Z as the sum of the bf16/fp16 P
-    that P V multiplies, likewise (TCZ; not with tile skipping, which needs Z's row sums on the
-    ALU). Half precision and alpha = 1.5 or 2 only (generic alpha's sums are powers; fp32
-    parity runs keep every sum in fp32). SUITE_TRITON_TC_SUMS: 0 neither, 1 both (default),
-    'tau' or 'z' one of them."""
-    env = os.environ.get("SUITE_TRITON_TC_SUMS", "1")
-    ok = dtype in (torch.float16, torch.bfloat16) and _mode(alpha) in (0, 1)
-    tcs = ok and env in ("1", "tau")
-    tcz = ok and not skip and env in ("1", "z")
-    return tcs, tcz
-
-
 def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
             length: int | None = None) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel for rows of up to ``length`` keys
@@ -239,14 +225,12 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     bm, bn, warps, stages = one or _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)
-    skip = skip_empty_tiles(has_alibi)
-    tcs, tcz = tc_sums(q.dtype, alpha, skip)
     kern._fwd_kernel[grid](
         q, k, v, out, o2, stats, slopes,
         H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0),
         TAU_TOL[q.dtype == torch.float32], MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra,
         EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
-        STORE_O2=bool(need_o2), SKIP=skip, TCS=tcs, TCZ=tcz, BLOCK_M=bm, BLOCK_N=bn,
+        STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
         ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT,
         num_warps=warps, num_stages=stages,

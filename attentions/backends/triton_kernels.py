@@ -175,17 +175,6 @@ def _indicator(d, ASM: tl.constexpr):
 
 
 @triton.jit
-def _indicator16(h, ASM: tl.constexpr):
-    """1.0 where the fp16 h > 0, else 0.0, in fp16. On the GPU one ``set.gt.f16x2`` per two
-    scores (it writes 1.0 or 0.0 in each half), else a compare-and-select."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 z; mov.b32 z, 0; set.gt.f16x2.f16x2 $0, $1, z; }", "=r,r", [h],
-            dtype=tl.float16, is_pure=True, pack=2)
-    return tl.where(h > 0.0, 1.0, 0.0).to(tl.float16)
-
-
-@triton.jit
 def _tile_stats(d, MODE: tl.constexpr, ASM: tl.constexpr):
     """Row sums over one tile of d = x - t for the threshold update at t (-inf where masked).
     alpha = 1.5: count, sum d, sum d^2 over d > 0 (no transcendentals); alpha = 2: count, sum d;
@@ -325,61 +314,27 @@ def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D
 
 
 @triton.jit
-def _stats_range_tc(c16, s116, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D, off, c1,
-                    slope_c, MODE: tl.constexpr, ASM: tl.constexpr, MASK: tl.constexpr,
-                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, BLOCK_N: tl.constexpr,
-                    EVEN_D: tl.constexpr, PREC: tl.constexpr):
-    """``_stats_range`` with the count and sum (x - t) on the tensor cores: h = [d]_+ in fp16
-    (d <= 1) and [h > 0] times a tile of ones, accumulated in fp32 (every one of the 16
-    columns of c16 and s116 is the row sum); sum (x - t)^2, which sets the step, stays on the
-    ALU in fp32. A d below fp16's range (< 3e-8) counts nowhere but in that sum (< 1e-15).
-    Per score this saves two adds and the cross-thread reductions of two sums."""
-    ones = tl.full([BLOCK_N, 16], 1.0, tl.float16)
-    for n0 in range(lo_n, hi_n, BLOCK_N):
-        cols = n0 + offs_n
-        kt = _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK)
-        d = _shifted(q, kt, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI,
-                     PREC)
-        dp = tl.maximum(d, 0.0)
-        h = dp.to(tl.float16)
-        c16 += tl.dot(_indicator16(h, ASM), ones)
-        s116 += tl.dot(h, ones)
-        if MODE == 0:
-            s2 += tl.sum(dp * dp, 1)
-    return c16, s116, s2
-
-
-@triton.jit
 def _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S, D, off, c1, slope_c, r,
               MODE: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
               HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
-              EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr,
-              TCZ: tl.constexpr = False):
+              EVEN_D: tl.constexpr, PREC: tl.constexpr, ASM: tl.constexpr):
     """One key tile of the output pass from its raw dot products x: O += P V (and U V for
     training). With SKIP, a tile whose rows all have zero weight skips the PV products (one
     block-wide test on the row sums of the tile; it costs a barrier per tile, so it pays only
-    where many tiles are empty). With TCZ (not with SKIP) Z sums the P that P V multiplies,
-    on the tensor cores (P times a tile of ones; zp is then (BLOCK_M, 16), every column the
-    row sum), so the weights O divides by sum to exactly one."""
+    where many tiles are empty)."""
     d = _shift_scores(x, rows, cols, shift, S, off, c1, slope_c, MASK, CAUSAL, HAS_ALIBI)
     p, u = _p_u(d, r, MODE, ASM)
+    zt = tl.sum(p, 1)
     need = True  # a compile-time True without SKIP: no branch in the loop
     if SKIP:
-        zt = tl.sum(p, 1)
         need = tl.max(zt, 0) > 0.0
     if need:
         v = _load_rows(vb, cols, offs_d, S, D, EVEN_D, MASK)
-        p16 = p.to(v.dtype)
-        acc += tl.dot(p16, v, input_precision=PREC)
-        if TCZ:
-            zp += tl.dot(p16, tl.full([x.shape[1], 16], 1.0, v.dtype), input_precision=PREC)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PREC)
         if STORE_O2:
             zu += tl.sum(u, 1)
             acc2 += tl.dot(u.to(v.dtype), v, input_precision=PREC)
-    if SKIP:
-        zp += zt
-    elif not TCZ:
-        zp += tl.sum(p, 1)
+    zp += zt
     return acc, acc2, zp, zu
 
 
@@ -388,14 +343,14 @@ def _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift, lo_n, 
                off, c1, slope_c, r, MODE: tl.constexpr, MASK: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr,
                SKIP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-               PREC: tl.constexpr, ASM: tl.constexpr, TCZ: tl.constexpr = False):
+               PREC: tl.constexpr, ASM: tl.constexpr):
     """Output pass over key tiles [lo_n, hi_n) (``_out_tile`` per tile)."""
     for n0 in range(lo_n, hi_n, BLOCK_N):
         cols = n0 + offs_n
         x = tl.dot(q, _load_cols(kb, cols, offs_d, S, D, EVEN_D, MASK), input_precision=PREC)
         acc, acc2, zp, zu = _out_tile(acc, acc2, zp, zu, x, vb, rows, cols, offs_d, shift, S,
                                       D, off, c1, slope_c, r, MODE, MASK, CAUSAL, HAS_ALIBI,
-                                      STORE_O2, SKIP, EVEN_D, PREC, ASM, TCZ)
+                                      STORE_O2, SKIP, EVEN_D, PREC, ASM)
     return acc, acc2, zp, zu
 
 
@@ -437,8 +392,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
                 HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32,
-                TCS: tl.constexpr = False, TCZ: tl.constexpr = False):
+                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -533,24 +487,12 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
             go = n_max > 0
             while go:
                 shift = mx + t
-                if TCS:
-                    z16 = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-                    c, s1, s2 = _stats_range_tc(z16, z16, zero, q, kb, rows, offs_n, offs_d,
-                                                shift, 0, full_n, S, D, off, c1, slope_c, MODE,
-                                                ASM, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D,
-                                                PREC)
-                    c, s1, s2 = _stats_range_tc(c, s1, s2, q, kb, rows, offs_n, offs_d, shift,
-                                                full_n, hi_n, S, D, off, c1, slope_c, MODE, ASM,
-                                                True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-                    c = tl.max(c, 1)  # the 16 columns are equal
-                    s1 = tl.max(s1, 1)
-                else:
-                    c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d,
-                                             shift, 0, full_n, S, D, off, c1, slope_c, r, MODE,
-                                             ASM, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-                    c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift,
-                                             full_n, hi_n, S, D, off, c1, slope_c, r, MODE, ASM,
-                                             True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
+                                         full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
+                                         CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+                c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
+                                         hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
+                                         HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
                 t, lo, hi, err = _tau_update(t, lo, hi, c, s1, s2, r, MODE)
                 it += 1
                 worst = tl.max(tl.where(live, err, 0.0), 0)
@@ -561,19 +503,13 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         shift = mx + tau
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        if TCZ:
-            zp = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-        else:
-            zp = zero
-        acc, acc2, zp, zu = _out_range(acc, acc2, zp, zero, q, kb, vb, rows, offs_n, offs_d,
+        acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
                                        shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                        CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
-                                       ASM, TCZ)
+                                       ASM)
         acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
                                        full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
-                                       HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM, TCZ)
-        if TCZ:
-            zp = tl.max(zp, 1)  # the 16 columns are equal
+                                       HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC, ASM)
     zinv = tl.where(live & (zp > 0.0), 1.0 / zp, 0.0)
     rmask = rows < T
     optr = rows[:, None] * D + offs_d[None, :]

@@ -71,9 +71,6 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
                      ONE_TILE=one is not None)
-        alpha = {0: 1.5, 1: 2.0}.get(mode, 1.25)
-        tcs, tcz = TB.tc_sums(torch.bfloat16, alpha, skip)  # SUITE_TRITON_TC_SUMS applies
-        const.update(TCS=tcs and one is None, TCZ=tcz and one is None)
     if kind == "dq":
         if delta is None:  # the backend's choice for long rows
             delta = TB._delta_mode(not TB.delta_in_dq(), 1 << 14)
