@@ -118,6 +118,39 @@ def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, ali
             assert rel(got, want, floor=1e-3) < 5e-5, flag
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+@pytest.mark.parametrize("T,S", [(90, 90), (61, 97)])
+def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
+    """Causal ALiBi with steep slopes: the forward starts each query block at the first key
+    tile that can hold weight (SUITE_TRITON_WINDOW=1) or visits every tile (0); both match the
+    float64 reference with gradients. The inputs are such that the bound does skip: rows of
+    the last block reach back fewer keys than they see."""
+    if not CUDA:
+        for kind in ("FWD", "DKDV", "DQ"):
+            monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
+    q, k, v = inputs(1, 3, T, 16, S=S, scale=2.0, seed=T + S)
+    slopes = torch.tensor([1.0, 0.25, 0.0], device=DEV)
+    bias = Alibi(slopes)
+    # the bound of the window for the first head at the last query block
+    z = (q.double() @ k.double().transpose(-1, -2) / 4.0 - slopes.double()[:, None, None]
+         * (torch.arange(T, device=DEV)[:, None] + S - T
+            - torch.arange(S, device=DEV)[None, :]).abs())
+    z = z.masked_fill(torch.ones(T, S, dtype=torch.bool, device=DEV).triu(S - T + 1), -1e9)
+    am1 = alpha - 1.0
+    reach = ((q.double().norm(dim=-1) * k.double().norm(dim=-1).amax(-1, keepdim=True) / 4.0
+              - z.amax(-1)) * am1 + 1.0) / (slopes.double()[:, None] * am1)
+    assert float(reach[0, 0, -16:].max()) + 16 < S - 16
+    g = torch.randn(1, 3, T, 16, generator=torch.Generator().manual_seed(2)).to(DEV)
+    yr, gr = ref64(q, k, v, alpha, True, bias, g)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("SUITE_TRITON_WINDOW", flag)
+        assert TB.alibi_window(True, True) == (flag == "1")
+        y, grads = run(q, k, v, alpha, True, bias, g)
+        assert rel(y, yr) < 2e-5, flag
+        for a, b in zip(grads, gr):
+            assert rel(a, b, floor=1e-3) < 5e-5, flag
+
+
 @pytest.mark.parametrize("alpha,causal,alibi,T,S", float32_cases())
 def test_float32_forward_and_gradients(alpha, causal, alibi, T, S):
     B, H = (2, 3) if CUDA else (1, 2)

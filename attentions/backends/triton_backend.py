@@ -210,6 +210,21 @@ def _slopes(bias, H, device):
     return _NO_SLOPES[device], False
 
 
+def alibi_window(has_alibi: bool, causal: bool, tiled: bool = True) -> bool:
+    """Whether the tiled forward starts each query block's passes at the first key tile that
+    can still hold weight under its ALiBi slope (causal ALiBi heads with slope > 0; NoPE heads
+    and non-causal rows visit every tile). The bound is exact: c1 q.k <= c1 |q| max |k|, and a
+    key whose bound lies below the row max - 1 has zero weight (tau >= max - 1); see
+    ``triton_kernels._window_start``. SUITE_TRITON_WINDOW=0 visits every tile."""
+    return (has_alibi and causal and tiled
+            and os.environ.get("SUITE_TRITON_WINDOW", "1") != "0")
+
+
+def _key_norms(k: torch.Tensor) -> torch.Tensor:
+    """max_j |k_j| per (batch, head), float32, (B * H,) contiguous: the window's bound."""
+    return torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).amax(-1).reshape(-1)
+
+
 def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     """Runs the forward kernel; returns (out, o2 or None, stats (B, H, 4, T) float32)."""
     kern = _kernels()
@@ -225,14 +240,16 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     bm, bn, warps, stages = one or _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)
+    window = alibi_window(has_alibi, causal, one is None)
+    kmax = _key_norms(k) if window else slopes
     kern._fwd_kernel[grid](
-        q, k, v, out, o2, stats, slopes,
+        q, k, v, out, o2, stats, slopes, kmax,
         H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0),
         TAU_TOL[q.dtype == torch.float32], MODE=_mode(alpha), N_TAU=n_tau, EXTRA=extra,
         EXTRA_BELOW=EXTRA_BELOW_TILES, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
         STORE_O2=bool(need_o2), SKIP=skip_empty_tiles(has_alibi), BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=BD, R_TOP=R_TOP, EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret(),
-        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT,
+        ONE_TILE=one is not None, MAX_IT=ONE_TILE_MAX_IT, WINDOW=window,
         num_warps=warps, num_stages=stages,
     )
     return out, (o2 if need_o2 else None), stats
@@ -286,14 +303,17 @@ def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None)
                   EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret())
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
+    window = alibi_window(has_alibi, causal)
+    kmax = _key_norms(k) if window else slopes
+    rmax = torch.zeros(B * H, device=q.device, dtype=torch.float32) if window else slopes
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](
-        q, k, v, dos, bstats, dq, slopes, *args,
+        q, k, v, dos, bstats, dq, slopes, kmax, rmax, *args,
         BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, DELTA=_delta_mode(exact, S),
-        **common)
+        WINDOW=window, **common)
     bm, bn, warps, stages = _blocks("dkdv", D, q.device, q.dtype, S)
     kern._bwd_dkdv_kernel[(triton_cdiv(S, bn), B * H)](
-        q, k, v, dos, bstats, dk, dv, slopes, *args,
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+        q, k, v, dos, bstats, dk, dv, slopes, rmax, *args,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, WINDOW=window, **common)
     return dq, dk, dv
 
 

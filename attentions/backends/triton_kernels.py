@@ -296,6 +296,27 @@ def _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, hi_n, S, D, off, c1, 
 
 
 @triton.jit
+def _reach(bq, mref, slope_c):
+    """How many keys back from the diagonal a row's entries can lie above mref - 1
+    (``_window_start``), with margins for the rounding of q.k and of the norms."""
+    return (bq * 1.001 + 1e-3 - mref + 1.0) / slope_c + 1.0
+
+
+@triton.jit
+def _window_start(bq, mref, rows, off, T, full_n, slope_c, BLOCK_N: tl.constexpr):
+    """Under causal ALiBi, the first key tile that can hold an entry of this block's rows above
+    mref_i - 1 (x units, no row shift). bq_i >= c1 q_i.k for every key (c1 |q_i| max_j |k_j|),
+    so key j at distance n = i + off - j scores at most bq_i - slope_c n: below mref_i - 1 once
+    n > (bq_i - mref_i + 1) / slope_c. With mref_i at most the row's max such keys hold neither
+    the max nor any weight (tau >= max - 1). Margins cover the rounding of q.k and the norms;
+    rows past T and rows with no visible key do not count."""
+    first = (rows + off).to(tl.float32) - _reach(bq, mref, slope_c)
+    first = tl.where((rows < T) & (mref > -1e30), first, 3e38)
+    j = tl.minimum(tl.maximum(tl.min(first, 0), 0.0), full_n.to(tl.float32))
+    return tl.minimum(j.to(tl.int32) // BLOCK_N * BLOCK_N, full_n)
+
+
+@triton.jit
 def _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, lo_n, hi_n, S, D, off, c1,
                  slope_c, r, MODE: tl.constexpr, ASM: tl.constexpr, MASK: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -385,14 +406,15 @@ def _one_tile_tau(x, mx, live, rows, off, S, tol, r, MODE: tl.constexpr,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
+def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES, KMAX,
                 H, T, S, D, off, sm_scale, am1, r, tol,
                 MODE: tl.constexpr, N_TAU: tl.constexpr, EXTRA: tl.constexpr,
                 EXTRA_BELOW: tl.constexpr, CAUSAL: tl.constexpr,
                 HAS_ALIBI: tl.constexpr, STORE_O2: tl.constexpr, SKIP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 R_TOP: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32):
+                ASM: tl.constexpr, ONE_TILE: tl.constexpr = False, MAX_IT: tl.constexpr = 32,
+                WINDOW: tl.constexpr = False):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -434,13 +456,30 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         rr = tl.arange(0, R_TOP)
         top = tl.zeros([BLOCK_M, R_TOP], dtype=tl.float32) - (rr[None, :] + 1.0) * 1e37
         mn = tl.min(top, 1)
-        top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
-                             slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
-        top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off, c1,
-                             slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        lo_n = 0  # the first key tile the passes visit
+        bq = zero
+        if WINDOW:
+            # causal ALiBi: the diagonal tiles first; their maxima bound how far back a key can
+            # still matter (``_window_start``), and the passes start there
+            top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off,
+                                 c1, slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+            qf = q.to(tl.float32)
+            bq = c1 * tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(KMAX + bh)
+            if slope_c > 0.0:
+                lo_n = _window_start(bq, tl.max(top, 1), rows, off, T, full_n, slope_c, BLOCK_N)
+            top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, lo_n, full_n, S, D, off,
+                                 c1, slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+        else:
+            top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, 0, full_n, S, D, off, c1,
+                                 slope_c, False, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
+            top, mn = _max_range(top, mn, q, kb, rows, offs_n, offs_d, full_n, hi_n, S, D, off,
+                                 c1, slope_c, True, CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
         kept = top > -1e36  # real tile maxima (raw or scaled), not sentinels
         m = tl.max(top, 1)
         live = m > -1e36
+        if WINDOW:
+            if slope_c > 0.0:  # again from the row maxima themselves (a later start)
+                lo_n = _window_start(bq, m, rows, off, T, full_n, slope_c, BLOCK_N)
         if not HAS_ALIBI:
             top = top * c1
             m = m * c1
@@ -478,7 +517,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         #    they see more than EXTRA_BELOW / 2 tiles, up to EXTRA more below that. Generic alpha
         #    iterates so on every block.
         if N_TAU + EXTRA > 0:
-            n_tiles = tl.cdiv(hi_n, BLOCK_N)
+            n_tiles = tl.cdiv(hi_n - lo_n, BLOCK_N)  # the tiles the rows' lists saw
             dyn = (n_tiles <= EXTRA_BELOW) | (MODE == 2)
             more = tl.where((n_tiles <= EXTRA_BELOW // 2) | (MODE == 2), EXTRA,
                             tl.minimum(EXTRA, 1))
@@ -487,8 +526,8 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
             go = n_max > 0
             while go:
                 shift = mx + t
-                c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift, 0,
-                                         full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
+                c, s1, s2 = _stats_range(zero, zero, zero, q, kb, rows, offs_n, offs_d, shift,
+                                         lo_n, full_n, S, D, off, c1, slope_c, r, MODE, ASM, False,
                                          CAUSAL, HAS_ALIBI, BLOCK_N, EVEN_D, PREC)
                 c, s1, s2 = _stats_range(c, s1, s2, q, kb, rows, offs_n, offs_d, shift, full_n,
                                          hi_n, S, D, off, c1, slope_c, r, MODE, ASM, True, CAUSAL,
@@ -504,7 +543,7 @@ def _fwd_kernel(Q, K, V, Out, O2, STATS, SLOPES,
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         acc, acc2, zp, zu = _out_range(acc, acc2, zero, zero, q, kb, vb, rows, offs_n, offs_d,
-                                       shift, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
+                                       shift, lo_n, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                        CAUSAL, HAS_ALIBI, STORE_O2, SKIP, BLOCK_N, EVEN_D, PREC,
                                        ASM)
         acc, acc2, zp, zu = _out_range(acc, acc2, zp, zu, q, kb, vb, rows, offs_n, offs_d, shift,
@@ -609,15 +648,17 @@ def _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo_m, hi_m, T, 
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES,
+def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES, RMAX,
                      H, T, S, D, off, sm_scale, am1, r,
                      MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
                      SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                     ASM: tl.constexpr):
+                     ASM: tl.constexpr, WINDOW: tl.constexpr = False):
     """dK, dV for one block of BLOCK_N keys, looping over the query blocks that see them:
     masked blocks (the causal diagonal, a partial last query block, a partial key block)
-    apart from the interior ones."""
+    apart from the interior ones. With WINDOW (causal ALiBi) the loop ends after the last
+    query that can reach these keys: RMAX holds the largest reach of this head's rows, in
+    keys back from the diagonal, found by the dQ kernel."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     j0 = pid_n * BLOCK_N
@@ -646,13 +687,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, BSTATS, DK, DV, SLOPES,
         mid = T
     mid = tl.minimum(tl.maximum(mid, lo), T)
     end = tl.maximum(mid, t_full)
-    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo, mid, T, S, D,
-                         off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
-                         EVEN_D, PREC, ASM)
-    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, mid, end, T, S, D,
-                         off, c1, slope_c, r, MODE, False, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
-                         EVEN_D, PREC, ASM)
-    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, end, T, T, S, D,
+    cap = T
+    if WINDOW:
+        if slope_c > 0.0:  # query i reaches key j only if i + off - j < its reach
+            last = tl.minimum(j0 + BLOCK_N - off + tl.load(RMAX + bh), T * 1.0)
+            cap = tl.minimum((last.to(tl.int32) + BLOCK_M) // BLOCK_M * BLOCK_M, T)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, lo,
+                         tl.minimum(mid, cap), T, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,
+                         HAS_ALIBI, SKIP, BLOCK_M, EVEN_D, PREC, ASM)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, mid,
+                         tl.minimum(end, cap), T, S, D, off, c1, slope_c, r, MODE, False, CAUSAL,
+                         HAS_ALIBI, SKIP, BLOCK_M, EVEN_D, PREC, ASM)
+    dk, dv = _dkdv_range(dk, dv, k, v, qb, dob, sb, cols, offs_m, offs_d, end, cap, T, S, D,
                          off, c1, slope_c, r, MODE, True, CAUSAL, HAS_ALIBI, SKIP, BLOCK_M,
                          EVEN_D, PREC, ASM)
     omask = (cols[:, None] < S) & (offs_d[None, :] < D)
@@ -702,14 +748,17 @@ def _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc, d
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
+def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES, KMAX, RMAX,
                    H, T, S, D, off, sm_scale, am1, r,
                    MODE: tl.constexpr, CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
                    SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-                   ASM: tl.constexpr, DELTA: tl.constexpr = False):
+                   ASM: tl.constexpr, DELTA: tl.constexpr = False,
+                   WINDOW: tl.constexpr = False):
     """dQ for one block of BLOCK_M queries. With DELTA it also finds delta (the forward kept
-    no O2) and stores delta * U scale for the dK/dV kernel, which runs after it."""
+    no O2) and stores delta * U scale for the dK/dV kernel, which runs after it. With WINDOW
+    (causal ALiBi) the key tiles start where a key can still score above a row's mx + tau
+    (``_window_start``)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
     bh = tl.program_id(1).to(tl.int64)
     i0 = pid_m * BLOCK_M
@@ -728,6 +777,16 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
     c1 = sm_scale * am1
     slope_c = _slope(SLOPES, bh, H, am1, HAS_ALIBI)
     full_n, hi_n = _key_range(i0, S, off, CAUSAL, BLOCK_M, BLOCK_N)
+    lo_n = 0
+    if WINDOW:
+        if slope_c > 0.0:
+            qf = q.to(tl.float32)
+            bq = c1 * tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(KMAX + bh)
+            # weight needs x > shift: a start of shift + 1 in _window_start's units
+            lo_n = _window_start(bq, shift + 1.0, rows, off, T, full_n, slope_c, BLOCK_N)
+            # the dK/dV kernel (launched next) ends its query loop by the largest reach
+            reach = tl.where(rmask, _reach(bq, shift + 1.0, slope_c), 0.0)
+            tl.atomic_max(RMAX + bh, tl.max(reach, 0))
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if DELTA == 2:
         bk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -742,7 +801,7 @@ def _bwd_dq_kernel(Q, K, V, DO, BSTATS, DQ, SLOPES,
         su = tl.zeros([BLOCK_M], dtype=tl.float32)
         st = su
     dq, bk, su, st = _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift,
-                               usc, dusc, 0, full_n, S, D, off, c1, slope_c, r, MODE, False,
+                               usc, dusc, lo_n, full_n, S, D, off, c1, slope_c, r, MODE, False,
                                CAUSAL, HAS_ALIBI, SKIP, BLOCK_N, EVEN_D, PREC, ASM, DELTA)
     dq, bk, su, st = _dq_range(dq, bk, su, st, q, do, kb, vb, rows, offs_n, offs_d, shift, usc,
                                dusc, full_n, hi_n, S, D, off, c1, slope_c, r, MODE, True, CAUSAL,

@@ -31,7 +31,7 @@ def _signature(fn, const):
     for n in names:
         if n in const:
             sig[n] = "constexpr"
-        elif n in ("STATS", "BSTATS", "SLOPES"):
+        elif n in ("STATS", "BSTATS", "SLOPES", "KMAX", "RMAX"):
             sig[n] = "*fp32"
         elif n in ("Q", "K", "V", "Out", "O2", "DO", "DQ", "DK", "DV"):
             sig[n] = "*bf16"
@@ -70,7 +70,10 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
         n_tau, extra = TB.tau_passes({0: 1.5, 1: 2.0}.get(mode, 1.25), torch.bfloat16)
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
-                     ONE_TILE=one is not None)
+                     ONE_TILE=one is not None,
+                     WINDOW=TB.alibi_window(alibi, causal, one is None))
+    if kind in ("dq", "dkdv"):
+        const["WINDOW"] = TB.alibi_window(alibi, causal)
     if kind == "dq":
         if delta is None:  # the backend's choice for long rows
             delta = TB._delta_mode(not TB.delta_in_dq(), 1 << 14)
