@@ -118,13 +118,27 @@ def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, ali
             assert rel(got, want, floor=1e-3) < 5e-5, flag
 
 
+def test_alibi_window_policy(monkeypatch):
+    """By default the window runs for causal ALiBi rows longer than SHORT_ROWS keys."""
+    monkeypatch.delenv("SUITE_TRITON_WINDOW", raising=False)
+    n = TB.SHORT_ROWS
+    assert TB.alibi_window(True, True, n + 1) and not TB.alibi_window(True, True, n)
+    assert not TB.alibi_window(False, True, 4 * n) and not TB.alibi_window(True, False, 4 * n)
+    assert not TB.alibi_window(True, True, 4 * n, tiled=False)
+    monkeypatch.setenv("SUITE_TRITON_WINDOW", "0")
+    assert not TB.alibi_window(True, True, 4 * n)
+    monkeypatch.setenv("SUITE_TRITON_WINDOW", "1")
+    assert TB.alibi_window(True, True, 2)
+
+
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
 @pytest.mark.parametrize("T,S", [(90, 90), (61, 97)])
 def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
     """Causal ALiBi with steep slopes: the forward starts each query block at the first key
     tile that can hold weight (SUITE_TRITON_WINDOW=1) or visits every tile (0); both match the
     float64 reference with gradients. The inputs are such that the bound does skip: rows of
-    the last block reach back fewer keys than they see."""
+    the last block reach back fewer keys than they see. (By default the window runs for rows
+    longer than SHORT_ROWS; here it is forced on.)"""
     if not CUDA:
         for kind in ("FWD", "DKDV", "DQ"):
             monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
@@ -144,7 +158,7 @@ def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
     yr, gr = ref64(q, k, v, alpha, True, bias, g)
     for flag in ("1", "0"):
         monkeypatch.setenv("SUITE_TRITON_WINDOW", flag)
-        assert TB.alibi_window(True, True) == (flag == "1")
+        assert TB.alibi_window(True, True, S) == (flag == "1")
         y, grads = run(q, k, v, alpha, True, bias, g)
         assert rel(y, yr) < 2e-5, flag
         for a, b in zip(grads, gr):

@@ -210,14 +210,19 @@ def _slopes(bias, H, device):
     return _NO_SLOPES[device], False
 
 
-def alibi_window(has_alibi: bool, causal: bool, tiled: bool = True) -> bool:
-    """Whether the tiled forward starts each query block's passes at the first key tile that
-    can still hold weight under its ALiBi slope (causal ALiBi heads with slope > 0; NoPE heads
-    and non-causal rows visit every tile). The bound is exact: c1 q.k <= c1 |q| max |k|, and a
-    key whose bound lies below the row max - 1 has zero weight (tau >= max - 1); see
-    ``triton_kernels._window_start``. SUITE_TRITON_WINDOW=0 visits every tile."""
-    return (has_alibi and causal and tiled
-            and os.environ.get("SUITE_TRITON_WINDOW", "1") != "0")
+def alibi_window(has_alibi: bool, causal: bool, S: int, tiled: bool = True) -> bool:
+    """Whether the kernels visit only the key tiles that can still hold weight under a head's
+    ALiBi slope: the tiled forward starts each query block's passes at the first such tile,
+    dQ likewise, and dK/dV ends its query loop after the last query that reaches the key
+    block (causal ALiBi heads with slope > 0; NoPE heads and non-causal rows visit every
+    tile). The bound is exact: c1 q.k <= c1 |q| max |k|, and a key whose bound lies below the
+    row max - 1 (backward: mx + tau) has zero weight, as tau >= max - 1; see
+    ``triton_kernels._window_start``. It costs a pass over K for the key norms, so it runs
+    for rows longer than SHORT_ROWS (training lengths see a few tiles). SUITE_TRITON_WINDOW=0
+    never, 1 at every length."""
+    env = os.environ.get("SUITE_TRITON_WINDOW", "")
+    on = S > SHORT_ROWS if env not in ("0", "1") else env == "1"
+    return has_alibi and causal and tiled and on
 
 
 def _key_norms(k: torch.Tensor) -> torch.Tensor:
@@ -240,7 +245,7 @@ def forward(q, k, v, alpha, causal, bias, sm_scale, need_o2=True, n_tau=None):
     bm, bn, warps, stages = one or _blocks("fwd", D, q.device, q.dtype, S)
     n_tau, extra = tau_passes(alpha, q.dtype) if n_tau is None else (n_tau, 0)
     grid = (triton_cdiv(T, bm), B * H)
-    window = alibi_window(has_alibi, causal, one is None)
+    window = alibi_window(has_alibi, causal, S, one is None)
     kmax = _key_norms(k) if window else slopes
     kern._fwd_kernel[grid](
         q, k, v, out, o2, stats, slopes, kmax,
@@ -303,7 +308,7 @@ def backward(q, k, v, o, stats, dout, alpha, causal, bias, sm_scale, exact=None)
                   EVEN_D=(BD == D), PREC=_prec(q.dtype), ASM=not _interpret())
     args = (H, T, S, D, S - T, float(sm_scale), float(alpha) - 1.0, 1.0 / (float(alpha) - 1.0))
     bm, bn, warps, stages = _blocks("dq", D, q.device, q.dtype, S)
-    window = alibi_window(has_alibi, causal)
+    window = alibi_window(has_alibi, causal, S)
     kmax = _key_norms(k) if window else slopes
     rmax = torch.zeros(B * H, device=q.device, dtype=torch.float32) if window else slopes
     kern._bwd_dq_kernel[(triton_cdiv(T, bm), B * H)](

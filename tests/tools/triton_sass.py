@@ -71,9 +71,9 @@ def compile_kernel(kind: str = "fwd", mode: int = 0, causal: bool = True, alibi:
         const.update(N_TAU=n_tau, EXTRA=extra, EXTRA_BELOW=TB.EXTRA_BELOW_TILES,
                      STORE_O2=bool(one_tile) if o2 is None else o2, R_TOP=TB.R_TOP,
                      ONE_TILE=one is not None,
-                     WINDOW=TB.alibi_window(alibi, causal, one is None))
+                     WINDOW=TB.alibi_window(alibi, causal, 1 << 14, one is None))
     if kind in ("dq", "dkdv"):
-        const["WINDOW"] = TB.alibi_window(alibi, causal)
+        const["WINDOW"] = TB.alibi_window(alibi, causal, 1 << 14)  # long rows
     if kind == "dq":
         if delta is None:  # the backend's choice for long rows
             delta = TB._delta_mode(not TB.delta_in_dq(), 1 << 14)
