@@ -22,6 +22,9 @@ one launch:
    tau skip the PV products.
 Rows of at most BLOCK_N keys (ONE_TILE: short training rows) skip 1-3: QK^T once, the scores
 stay in registers and the threshold iterates on them (``_one_tile_tau``), then one P V.
+WINDOW (causal ALiBi, long rows): the max pass takes the diagonal tiles first, and every pass
+starts at the first key tile that can still hold weight (``_window_start``: c1 q.k is at most
+c1 |q| max|k|, the bias falls with distance, and weight needs x > max - 1).
 Row statistics (mx, tau, 1/Z, Z^(alpha-2)) are stored for the backward: linear memory.
 
 Backward (two kernels after a prep kernel): dQ per query block looping over key blocks, then
@@ -29,7 +32,9 @@ dK/dV per key block looping over query blocks; both recompute x from the row sta
 (shift = mx + tau, 1/Z, the U scale and delta times it, prepared by ``triton_backend.backward``)
 and use dz = U * (dP - delta), delta_i = sum_j U_ij dP_ij / sum_j U_ij = dO_i . O2_i: read
 from O2, or (DELTA) found by the dQ kernel, which stores it for dK/dV. Masked tiles (causal
-diagonal, partial blocks) run in loops of their own. Costs and measurements: TRITON_NOTES.md.
+diagonal, partial blocks) run in loops of their own. With WINDOW, dQ starts at the reach of
+mx + tau and dK/dV ends at the largest reach of the head's rows (found by dQ). Costs and
+measurements: TRITON_NOTES.md.
 """
 
 from __future__ import annotations
