@@ -300,6 +300,35 @@ def test_sigterm_to_a_sweep_with_workers_ends_its_runs_killed(tmp_path, register
     assert not tracker.runs("flip_flop", status="RUNNING")
 
 
+_IDLE_WORKER = """
+import concurrent.futures as cf, multiprocessing, os, sys
+from suite.executors import pool
+if __name__ == "__main__":
+    ex = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=pool._init, initargs=(os.getpid(), []))
+    assert ex.submit(int, 1).result() == 1  # the worker is up, and idle from here on
+    (proc,) = ex._processes.values()
+    proc.terminate()  # SIGTERM, as Workers.close sends it
+    proc.join(30)
+    ex.shutdown(wait=False, cancel_futures=True)
+    print("exitcode", proc.exitcode)
+"""
+
+
+def test_sigterm_to_an_idle_worker_ends_it_quietly(tmp_path):
+    """A worker waiting for its next cell when the sweep stops (its cells done, another still
+    training) has no run to end: SIGTERM ends it at once, exit code 130, and no traceback
+    (an interrupt raised there escaped the pool's loop and printed one)."""
+    script = tmp_path / "idle_worker.py"
+    script.write_text(_IDLE_WORKER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exitcode 130" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def _init(parent: int, plugins: list[str]) -> None:
     cells need."""
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # Ctrl-C reaches the workers too (one process group)
     cpu.apply()
     n = str(cpu.threads())
     os.environ.setdefault("OMP_NUM_THREADS", n)
@@ -51,10 +52,18 @@ def _init(parent: int, plugins: list[str]) -> None:
     load_plugins(plugins)
 
 
+#: whether this worker is running a cell (``_work``); an idle worker has no run to end
+_BUSY = False
+
+
 def _stop(signum, frame) -> None:
-    """SIGTERM from the sweep's ``Workers.close``: end as Ctrl-C does, so that the run in
-    progress ends KILLED in the worker's log."""
-    raise KeyboardInterrupt
+    """SIGTERM from the sweep's ``Workers.close`` (or Ctrl-C): a worker running a cell ends as
+    Ctrl-C does, so that the run in progress ends KILLED in the worker's log; an idle worker
+    (waiting for its next cell) has nothing to end and exits at once, quietly: an interrupt
+    raised there would escape the pool's loop and print a traceback."""
+    if _BUSY:
+        raise KeyboardInterrupt
+    os._exit(130)
 
 
 def _watch(parent: int) -> None:
@@ -70,14 +79,18 @@ def _work(cell: Cell, log_uri: str, ckpt_dir: str) -> dict:
 
     from ..run import ladder, run_cell
 
+    global _BUSY
     t0 = time.perf_counter()
     try:
+        _BUSY = True
         results = run_cell(cell, JsonlTracker(log_uri), progress=False, ckpt_dir=Path(ckpt_dir))
     except Exception as err:  # the offline log holds the FAILED run and its error
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc()}
     except KeyboardInterrupt:  # SIGTERM from Workers.close, or Ctrl-C: the log holds the run
         os._exit(130)  # ended KILLED; the worker is done (the sweep is stopping)
+    finally:
+        _BUSY = False
     return {"status": "finished", "seconds": time.perf_counter() - t0,
             "ladder": ladder(results)}
 
