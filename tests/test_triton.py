@@ -134,11 +134,11 @@ def test_alibi_window_policy(monkeypatch):
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
 @pytest.mark.parametrize("T,S", [(90, 90), (61, 97)])
 def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
-    """Causal ALiBi with steep slopes: the forward starts each query block at the first key
-    tile that can hold weight (SUITE_TRITON_WINDOW=1) or visits every tile (0); both match the
-    float64 reference with gradients. The inputs are such that the bound does skip: rows of
-    the last block reach back fewer keys than they see. (By default the window runs for rows
-    longer than SHORT_ROWS; here it is forced on.)"""
+    """Causal ALiBi with steep slopes: the kernels visit only the key tiles that can hold
+    weight (SUITE_TRITON_WINDOW=1: the forward and dQ start late, dK/dV stops early) or every
+    tile (0); both match the float64 reference with gradients. The inputs are such that the
+    bound does skip: rows of the last block reach back fewer keys than they see. (By default
+    the window runs for rows longer than SHORT_ROWS; here it is forced on.)"""
     if not CUDA:
         for kind in ("FWD", "DKDV", "DQ"):
             monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
