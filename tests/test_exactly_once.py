@@ -309,8 +309,9 @@ if __name__ == "__main__":
     assert ex.submit(int, 1).result() == 1  # the worker is up, and idle from here on
     (proc,) = ex._processes.values()
     proc.terminate()  # SIGTERM, as Workers.close sends it
+    # the pool's own thread reaps the dead worker too; read its exit code once that is done
+    ex.shutdown(wait=True, cancel_futures=True)
     proc.join(30)
-    ex.shutdown(wait=False, cancel_futures=True)
     print("exitcode", proc.exitcode)
 """
 
