@@ -12,6 +12,13 @@ accuracy) add their own columns in the same long format (docs/design.md, "Leader
 ranked by ``score`` (stated in each table's caption), with the best value per column marked on
 the value itself, and nothing marked in a column where every value is 0.
 
+Non-finite outputs: a cell run logs, per length, the % of its evaluation sequences whose logits
+held a NaN or an infinity (``tasks.metrics.NONFINITE``). The table counts, per (task,
+attention, length), the seeds that had any (``nonfinite_seeds``); such a length shows
+``non-finite (k/n seeds)`` instead of a number, is never the best of its column, and a row with
+one among the lengths its score averages is not ranked by that score: it goes below the ranked
+rows, its score shown as ``non-finite``.
+
 The attention diagnostics a cell logs at each length (``DIAGNOSTICS``: normalized entropy,
 support size, max weight, target mass, learned scale; ``suite.model``'s ``_inspect``) are read
 into the same records; ``diagnostics`` averages them over seeds, and ``markdown`` and ``html``
@@ -30,13 +37,13 @@ from collections.abc import Iterable, Mapping
 
 import polars as pl
 
-from tasks.metrics import COMPANION, METRICS, score
+from tasks.metrics import COMPANION, METRICS, NONFINITE, score
 from tasks.metrics import headline as headline_of
 
 from . import schema
 
 COLUMNS = ["task", "attention", "length", "multiple", "exact_match_mean", "exact_match_std",
-           "token_acc_mean", "token_acc_std", "seeds"]
+           "token_acc_mean", "token_acc_std", "seeds", "nonfinite_seeds"]
 BASE = ["exact_match", "token_acc"]  # the metrics of the CSV's fixed columns
 EXTRA = [m for m in METRICS if m not in BASE]  # columns of their own, in the table's order
 CELL_FILTER = schema.where(kind=schema.CELL, status="FINISHED")
@@ -118,7 +125,7 @@ def _run_rows(run) -> Iterable[tuple]:
             config_key({**run.data.params, "attention": t["attention"], "task": t["task"]}))
     for key, value in run.data.metrics.items():
         found = schema.split_metric_key(key)
-        if found and (found[0] in METRICS or found[0] in DIAGNOSTICS):
+        if found and (found[0] in METRICS or found[0] in DIAGNOSTICS or found[0] == NONFINITE):
             yield (*head, found[1], int(t.get("train_length", 0)), found[0], value)
 
 
@@ -182,13 +189,16 @@ def _value(key: str, value: str | None) -> str:
 
 def table(recs: pl.DataFrame) -> pl.DataFrame:
     """The leaderboard CSV table: one row per (task, attention, length)."""
-    recs = recs.filter(pl.col("metric").is_in(list(METRICS)))  # not the diagnostics
+    recs = recs.filter(pl.col("metric").is_in([*METRICS, NONFINITE]))  # not the diagnostics
     if recs.is_empty():
         return pl.DataFrame(schema={c: pl.Utf8 for c in COLUMNS})
     wide = recs.pivot(on="metric", index=["task", "attention", "seed", "length", "train_length"],
                       values="value", aggregate_function="mean")
+    if NONFINITE not in wide.columns:  # runs from before the suite counted them
+        wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(NONFINITE))
     aggs = [pl.col("seed").n_unique().alias("seeds"),
-            (pl.col("length") / pl.col("train_length")).first().alias("multiple")]
+            (pl.col("length") / pl.col("train_length")).first().alias("multiple"),
+            (pl.col(NONFINITE) > 0).sum().cast(pl.Int64).alias("nonfinite_seeds")]
     for metric in METRICS:
         if metric in wide.columns:
             aggs += [pl.col(metric).mean().alias(f"{metric}_mean"),
@@ -287,15 +297,43 @@ def ranking(part: pl.DataFrame) -> list[tuple[str, float | None, float | None]]:
     mean token accuracy over the same lengths, then the name; no score goes last."""
     metric = headline(part)
     train = _train_length(part)
+    unranked = broken(part)
     out = []
     for (att,), sub in part.group_by("attention", maintain_order=True):
         rows = {r["length"]: r for r in sub.iter_rows(named=True)}
         main = score({n: r[f"{metric}_mean"] for n, r in rows.items()}, train)
         tie = score({n: r.get(f"{COMPANION}_mean") for n, r in rows.items()}, train)
+        if att in unranked:
+            main = tie = None  # no number to rank by
         out.append((att, main, tie))
     sign = 1.0 if METRICS[metric].better == "min" else -1.0
     return sorted(out, key=lambda r: (r[1] is None, sign * (r[1] or 0.0),
                                       -(r[2] or 0.0), r[0]))
+
+
+def _scored(rows: dict[int, dict], train_length: int) -> dict[int, dict]:
+    """The rows (by length) that ``score`` averages: those beyond training, else all."""
+    beyond = {n: r for n, r in rows.items() if n > train_length}
+    return beyond or rows
+
+
+def nonfinite(row: dict | None) -> str | None:
+    """``non-finite (k/n seeds)`` where some seed's outputs at a length held a NaN or an
+    infinity (the row's ``nonfinite_seeds``), else None."""
+    k = (row or {}).get("nonfinite_seeds") or 0
+    return f"non-finite ({k}/{row['seeds']} seeds)" if k else None
+
+
+def broken(part: pl.DataFrame) -> set[str]:
+    """One task's attentions that are not ranked by their score: a length it averages had
+    non-finite outputs in some seed."""
+    train = _train_length(part)
+    out = set()
+    for (att,), sub in part.group_by("attention", maintain_order=True):
+        rows = {r["length"]: r for r in sub.iter_rows(named=True)}
+        if any(nonfinite(r) for r in _scored(rows, train).values()):
+            out.add(att)
+    return out
 
 
 def headline(part: pl.DataFrame) -> str:
@@ -317,15 +355,19 @@ def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], st
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
     ranked = ranking(part)
-    best = {n: _best(part.filter(pl.col("length") == n)[key].to_list(), metric)
+    finite = part.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+    best = {n: _best(finite.filter(pl.col("length") == n)[key].to_list(), metric)
             for n in lengths}
     best_score = _best([r[1] for r in ranked], metric)
     digits = METRICS[metric].digits
     by_att = {att: {r["length"]: r for r in sub.iter_rows(named=True)}
               for (att,), sub in part.group_by("attention", maintain_order=True)}
+    unranked = broken(part)
     rows = []
     for att, main, _ in ranked:
         head = None if main is None else (f"{main:.{digits}f}", "", main == best_score)
+        if att in unranked:
+            head = ("non-finite", "", False)
         by = by_att[att]
         rows.append((att, [head, *(_cell(by.get(n), metric, best[n]) for n in lengths)]))
     heads = ["score", *(f"{n} ({mult[n]:g}x)" for n in lengths)]
@@ -345,9 +387,13 @@ def _best(values: list, metric: str) -> float | None:
 
 
 def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, bool] | None:
-    """(the value, what follows it: ±std and [token accuracy], whether it is the best)."""
+    """(the value, what follows it: ±std and [token accuracy], whether it is the best); for a
+    length with non-finite outputs the mark instead of the value (``nonfinite``)."""
     if row is None or row[f"{metric}_mean"] is None:
         return None
+    mark = nonfinite(row)
+    if mark:
+        return mark, "", False
     value, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     digits = METRICS[metric].digits
     tail = f"±{std:.{digits}f}" if std is not None else ""

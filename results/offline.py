@@ -18,6 +18,7 @@ ended KILLED by the attempt that takes its cell over), RUNNING while it has none
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import time
@@ -194,9 +195,13 @@ def _record(line: str, path, n: int) -> dict:
 
 
 def read(path: Path, bad: list | None = None) -> Iterator[dict]:
-    """The events of a log. A bad line raises BadLine, or, given a ``bad`` list, is appended
+    """The events of a log (gzip-compressed where its name ends in ``.gz``: how the long
+    reference logs ship). A bad line raises BadLine, or, given a ``bad`` list, is appended
     to it and skipped (so that the complete runs around it can still be read)."""
-    with Path(path).open(errors="replace") as f:
+    path = Path(path)
+    opened = (gzip.open(path, "rt", errors="replace") if path.suffix == ".gz"
+              else path.open(errors="replace"))
+    with opened as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:

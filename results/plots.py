@@ -55,7 +55,8 @@ def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> 
     order = [att for att, _, _ in ranking(part)]
     n = len(names)
     for rank, att in enumerate(order):
-        sub = (part.filter((pl.col("attention") == att) & pl.col(f"{metric}_mean").is_not_null())
+        sub = (part.filter((pl.col("attention") == att) & pl.col(f"{metric}_mean").is_not_null()
+                           & (pl.col("nonfinite_seeds").fill_null(0) == 0))  # no garbage 0
                .sort("length"))
         colour, marker = style[att]
         i = names.index(att)

@@ -145,6 +145,9 @@ def _cell(row: dict, metric: str, best: float | None) -> str:
     mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
     if mean is None:
         return "-"
+    mark = lb.nonfinite(row)
+    if mark:
+        return mark
     digits = METRICS[metric].digits
     text = f"{mean:.{digits}f}"
     text = f"**{text}**" if best is not None and mean == best else text
@@ -159,8 +162,9 @@ def _table(part: pl.DataFrame) -> list[str]:
     better = max if METRICS[metric].better != "min" else min
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
-    best = {n: better(v for v in part.filter(pl.col("length") == n)[f"{metric}_mean"].to_list()
-                      if v is not None) for n in lengths}
+    finite = part.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+    best = {n: better((v for v in finite.filter(pl.col("length") == n)[f"{metric}_mean"]
+                       .to_list() if v is not None), default=None) for n in lengths}
     if METRICS[metric].percent:  # nothing is best in a column where every row has 0
         best = {n: (b if b else None) for n, b in best.items()}
     seeds = sorted(set(part["seeds"].to_list()))
@@ -180,12 +184,15 @@ def _ranking(part: pl.DataFrame) -> str:
     metric = _metric(part)
     longest = part["length"].max()
     rows = part.filter(pl.col("length") == longest).drop_nulls(f"{metric}_mean")
+    broken = rows.filter(pl.col("nonfinite_seeds").fill_null(0) > 0)
+    rows = rows.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
     rows = rows.sort(f"{metric}_mean", descending=METRICS[metric].better != "min")
     digits = METRICS[metric].digits
-    mult = rows["multiple"][0] if rows.height else 0
+    mult = part.filter(pl.col("length") == longest)["multiple"][0] if part.height else 0
     items = [f"{r['attention']} {r[f'{metric}_mean']:.{digits}f}"
              + (f" ± {r[f'{metric}_std']:.{digits}f}" if r[f"{metric}_std"] is not None else "")
              for r in rows.iter_rows(named=True)]
+    items += [f"{r['attention']} {lb.nonfinite(r)}" for r in broken.iter_rows(named=True)]
     return (f"Ranked by the mean at {longest} ({mult:g}x the training length): "
             + ", ".join(items) + ".")
 
@@ -197,7 +204,7 @@ def _versus_paper(task: str, part: pl.DataFrame) -> list[str]:
     if not paper or _metric(part) != "exact_match":
         return []
     ours = {(_base(r["attention"]), r["multiple"]): r["exact_match_mean"]
-            for r in part.iter_rows(named=True)}
+            for r in part.iter_rows(named=True) if not lb.nonfinite(r)}
     mults = sorted({m for (_, m) in ours})
     shared = [a for a in paper if any((a, m) in ours for m in mults)]
     if not shared:

@@ -25,12 +25,12 @@ MARK = "reference"
 
 
 def paths(given: list[str] | None = None) -> list[Path]:
-    """The logs to read: the ones given (files, or folders of ``*.jsonl``), else every
-    ``*.jsonl`` of ``results/published/``."""
+    """The logs to read: the ones given (files, or folders of ``*.jsonl`` and
+    ``*.jsonl.gz``), else every such log of ``results/published/``."""
     found: list[Path] = []
     for item in [Path(p) for p in given] if given else [PUBLISHED]:
         if item.is_dir():
-            found += sorted(item.glob("*.jsonl"))
+            found += sorted([*item.glob("*.jsonl"), *item.glob("*.jsonl.gz")])
         elif item.is_file():
             found.append(item)
         else:

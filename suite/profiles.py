@@ -11,6 +11,11 @@
   steps per cell (warmup a tenth of them, out-of-distribution validation every twentieth):
   the budget of the suite's reference runs on one GPU (results/published/). Each cell logs its
   validation exact match against steps, the learning curve from which this budget is judged.
+- ``long``: the same models, batch and peak learning rates at ``LONG_STEPS`` steps (the
+  paper's own count where that is fewer: flip_flop), warmup a tenth, validation every
+  twentieth, a checkpoint every fiftieth (so that a cell cut by a time limit resumes from at
+  most 2% back), 100 samples per evaluation length: the budget of the long MQMTAR reference
+  runs, about 7 minutes of training per MQMTAR cell on one H200.
 """
 
 from __future__ import annotations
@@ -147,12 +152,21 @@ _PAPER = Profile(
 
 #: steps of a ``repro`` cell: on sort (paper steps 312,500) 6.4% of the paper's training
 REPRO_STEPS = 20_000
+#: steps of a ``long`` cell: on MQMTAR (paper steps 390,625) 25.6% of the paper's training
+LONG_STEPS = 100_000
 
 
 def _cut(size_budget: tuple[Size, Budget]) -> tuple[Size, Budget]:
     size, b = size_budget
     return size, dataclasses.replace(b, steps=REPRO_STEPS, warmup=REPRO_STEPS // 10,
                                      val_every=REPRO_STEPS // 20, ckpt_every=REPRO_STEPS // 10)
+
+
+def _long(size_budget: tuple[Size, Budget]) -> tuple[Size, Budget]:
+    size, b = size_budget
+    steps = min(LONG_STEPS, b.steps)
+    return size, dataclasses.replace(b, steps=steps, warmup=steps // 10, val_every=steps // 20,
+                                     ckpt_every=steps // 50, eval_samples=100)
 
 
 _REPRO = Profile(
@@ -164,7 +178,16 @@ _REPRO = Profile(
     resources=_PAPER.resources,
 )
 
-PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER, _REPRO)}
+_LONG = Profile(
+    "long",
+    *_long((_PAPER.size, _PAPER.budget)),
+    tasks=("mqmtar",),
+    per_task={task: _long(sb) for task, sb in _PAPER.per_task.items()},
+    seeds=3,
+    resources=_PAPER.resources,
+)
+
+PROFILES = {p.name: p for p in (_SMOKE, _QUICK, _PAPER, _REPRO, _LONG)}
 
 
 def get(name: str) -> Profile:

@@ -13,7 +13,7 @@ import torch
 
 import attentions
 import tasks
-from tasks.metrics import summary
+from tasks.metrics import NONFINITE, summary
 
 from . import profiles as P
 from .evaluate import evaluate
@@ -172,7 +172,7 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error
     (KILLED on Ctrl-C): the run exists before anything that can fail. ``ckpt_dir``: the
     cell's checkpoint folder in its store's home (``suite.attempts``)."""
-    from results.schema import metric_key
+    from results.schema import metric_key, tag
     from tasks.metrics import headline, score
 
     from .train import build_model
@@ -202,6 +202,9 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
             log.metrics({**{metric_key(k, length): v for k, v in values.items()}, **values},
                         step=length)
             res["diagnostics"] = diag
+        broken = nonfinite_lengths(results)
+        if broken:  # the run says so, beside the per-length metric nonfinite_L<length>
+            log.tags({tag(NONFINITE): ",".join(map(str, broken))})
         metric = headline(next(iter(results.values()), {}))
         by_multiple = {f"{metric}_{length / task.train_length:g}x": r[metric]
                        for length, r in results.items() if metric in r}
@@ -233,6 +236,18 @@ def _dataset(log, cell: Cell, task) -> None:
                          "eval_lengths": cell.eval_lengths(), "version": task.version})
 
 
+def nonfinite_lengths(results: dict[int, dict]) -> list[int]:
+    """The evaluation lengths at which some sequence's logits held a NaN or an infinity."""
+    return [n for n, r in results.items() if r.get(NONFINITE)]
+
+
 def ladder(results: dict[int, dict]) -> str:
-    """One line of a cell's results: the headline value at each evaluation length."""
-    return " ".join(f"{n}:{summary(r)}" for n, r in results.items())
+    """One line of a cell's results: the headline value at each evaluation length, and the
+    lengths whose outputs were not finite, named."""
+    line = " ".join(f"{n}:non-finite({r[NONFINITE]:.0f}% of sequences)" if r.get(NONFINITE)
+                    else f"{n}:{summary(r)}" for n, r in results.items())
+    broken = nonfinite_lengths(results)
+    if broken:
+        line += (f"  NON-FINITE outputs (NaN or inf) at length {', '.join(map(str, broken))}: "
+                 "scored as wrong there, marked in the leaderboard, tagged suite.nonfinite")
+    return line

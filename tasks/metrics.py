@@ -8,6 +8,13 @@ For logits (B, T, V) and targets (B, T) with -100 ignored, over the scored posit
 - ``perplexity``: exp of the mean negative log-likelihood per scored token.
 A task's ``metrics`` maps each name it reports to its direction ("max" or "min").
 
+Every meter also counts the sequences whose logits hold a NaN or an infinity anywhere
+(``NONFINITE``: % of sequences, reported at every length whatever the task's metrics). Such a
+sequence scores nothing: all its targets count as wrong (an argmax over NaN picks an index all
+the same, which could match the target), and its tokens add an infinite negative
+log-likelihood, so that an attention which breaks at some length is never scored as if it had
+merely guessed there.
+
 ``METRICS`` says, per metric, how it is computed, which way is better and how it is shown: the
 trainer's checkpoint selection (``selection_score``), the console summary (``summary``) and the
 leaderboard read it, so a new metric is one row here.
@@ -55,6 +62,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            headline=1),
 )}
 COMPANION = "token_acc"  # shown beside a percentage headline, and its tie-break
+#: the % of sequences with a non-finite logit, in every meter's result
+NONFINITE = "nonfinite"
 
 
 def headline(names: Iterable[str]) -> str:
@@ -97,6 +106,7 @@ class Meter:
     tokens: int = 0
     tokens_right: int = 0
     nll: float = 0.0
+    sequences_nonfinite: int = 0
 
     def __post_init__(self):
         bad = [n for n in self.names if n not in METRICS]
@@ -106,22 +116,28 @@ class Meter:
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch: logits (B, T, V), targets (B, T)."""
         scored = targets != IGNORE  # (B, T)
+        finite = torch.isfinite(logits).flatten(1).all(1)  # (B,) every logit of the sequence
         rows, cols = scored.nonzero(as_tuple=True)
         picked = logits[rows, cols].float()  # (N, V)
         wanted = targets[rows, cols]  # (N,)
-        right = picked.argmax(-1) == wanted  # (N,)
+        right = (picked.argmax(-1) == wanted) & finite[rows]  # (N,)
         wrong_per_row = torch.zeros(targets.shape[0], dtype=torch.int64)
         wrong_per_row.index_add_(0, rows.cpu(), (~right).long().cpu())
         self.sequences += targets.shape[0]
         self.sequences_right += int((wrong_per_row == 0).sum())
         self.tokens += int(wanted.numel())
         self.tokens_right += int(right.sum())
+        bad = int((~finite).sum())
+        self.sequences_nonfinite += bad
         if "perplexity" in self.names:
-            self.nll += float(torch.nn.functional.cross_entropy(picked, wanted, reduction="sum"))
+            ok = finite[rows]  # (N,)
+            nll = torch.nn.functional.cross_entropy(picked[ok], wanted[ok], reduction="sum")
+            self.nll += float(nll) + (math.inf if bad else 0.0)
 
     def result(self) -> dict[str, float]:
-        """The metrics so far (accuracies in %)."""
-        return {name: METRICS[name].value(self) for name in self.names}
+        """The metrics so far (accuracies in %), and ``NONFINITE``."""
+        return {**{name: METRICS[name].value(self) for name in self.names},
+                NONFINITE: 100.0 * self.sequences_nonfinite / max(self.sequences, 1)}
 
 
 def score(values: Mapping[int, float | None], train_length: int) -> float | None:

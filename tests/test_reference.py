@@ -129,3 +129,23 @@ def _final_metrics(log) -> dict:
         elif rec["event"] == "metrics":
             out.setdefault(names[rec["run"]], {}).update(rec["values"])
     return out
+
+
+def test_gzip_compressed_logs_read_as_the_plain_ones(store, published, tmp_path, capsys):
+    """Long reference logs ship gzip-compressed (``*.jsonl.gz``): the reference rows and
+    `suite import` read them as they read the plain log."""
+    import gzip
+
+    folder = tmp_path / "gz"
+    folder.mkdir()
+    packed = folder / "cpu-smoke.jsonl.gz"
+    packed.write_bytes(gzip.compress(published.read_bytes()))
+    assert ref.paths([str(folder)]) == [packed]
+    plain, _ = ref.load([published])
+    read, _ = ref.load([packed])
+    assert read.sort(["run_id", "metric", "length"]).equals(
+        plain.sort(["run_id", "metric", "length"]))
+    assert main(["import", str(packed), "--tracking-uri", store]) == 0
+    tab, _ = lb.build(store, "smoke")
+    assert set(tab["attention"].to_list()) == {"softmax", "entmax"}
+    assert set(tab["seeds"].to_list()) == {2}

@@ -126,6 +126,58 @@ def test_failed_cell_is_marked_failed_and_the_sweep_goes_on(store, tmp_path, cap
     assert "FAILED: NonFiniteLoss" in capsys.readouterr().out
 
 
+LONG_NAN_PLUGIN = textwrap.dedent('''
+    import torch
+    import attentions
+
+    @attentions.register("nan_when_long_test")
+    def nan_when_long(q, k, v, *, causal, bias):
+        """softmax up to 100 keys, NaN beyond: finite at training lengths (flip_flop's rows
+        of at most 66 tokens), broken at the evaluation length 128."""
+        z = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
+        if bias is not None:
+            z = z + bias
+        if causal:
+            z = z.masked_fill(torch.ones_like(z, dtype=torch.bool).triu(1), float("-inf"))
+        out = z.softmax(-1) @ v
+        return out * float("nan") if k.shape[2] > 100 else out
+''')
+
+
+def test_non_finite_outputs_at_a_long_length_are_reported_not_ranked(store, tmp_path, capsys):
+    """An attention finite where it trains and NaN at a longer evaluation length: the cell
+    finishes (nothing was wrong in training), and the console line, the run (per-length metric
+    and tag), the leaderboard table and its ranking all say so at that length."""
+    from results.leaderboard import markdown
+
+    plugin = tmp_path / "long_nan_plugin.py"
+    plugin.write_text(LONG_NAN_PLUGIN)
+    assert main(["run", "--profile", "smoke", "--attention", "nan_when_long_test",
+                 "--attention", "softmax", "--plugin", str(plugin), "--tracking-uri", store,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "nan_when_long_test" in ln and "done in" in ln)
+    assert "128:non-finite(100% of sequences)" in line
+    assert "NON-FINITE outputs (NaN or inf) at length 128" in line
+    by = {r.data.tags["suite.attention"]: r for r in runs(store)}
+    broken, fine = by["nan_when_long_test"], by["softmax"]
+    assert broken.info.status == "FINISHED"
+    assert broken.data.tags["suite.nonfinite"] == "128"
+    assert broken.data.metrics["nonfinite_L128"] == 100.0
+    assert broken.data.metrics["nonfinite_L64"] == 0.0
+    assert broken.data.metrics["exact_match_L128"] == 0.0
+    assert "suite.nonfinite" not in fine.data.tags and fine.data.metrics["nonfinite_L128"] == 0
+    tab, text = build(store)
+    seeds = {(r["attention"], r["length"]): r["nonfinite_seeds"]
+             for r in tab.iter_rows(named=True)}
+    assert seeds == {("nan_when_long_test", 64): 0, ("nan_when_long_test", 128): 1,
+                     ("softmax", 64): 0, ("softmax", 128): 0}
+    rows = [ln for ln in text.splitlines() if ln.startswith(("nan_when_long_test", "softmax"))]
+    assert rows[0].startswith("softmax")  # the broken row goes below, whatever its numbers
+    assert "non-finite (1/1 seeds)" in rows[1] and rows[1].split()[1] == "non-finite"
+    assert "non-finite (1/1 seeds)" in markdown(tab)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--attention", "entmx"], "unknown attention 'entmx'. Did you mean 'entmax'"),
     (["--attention", "entmax:alpha=1"], r"alpha=1.0 is outside \(1, 2\]"),

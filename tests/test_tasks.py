@@ -275,7 +275,7 @@ def test_meter_scores_teacher_forced_predictions():
     logits = one_hot_logits(batch.targets, task.vocab_size)
     meter = task.meter()
     meter.update(logits, batch.targets)
-    assert meter.result() == {"exact_match": 100.0, "token_acc": 100.0}
+    assert meter.result() == {"exact_match": 100.0, "token_acc": 100.0, "nonfinite": 0.0}
     wrong = logits.clone()
     pos = int((batch.targets[0] != IGNORE).nonzero()[0])
     wrong[0, pos] = wrong[0, pos].roll(1)
@@ -285,6 +285,33 @@ def test_meter_scores_teacher_forced_predictions():
     result = meter.result()
     assert result["exact_match"] == pytest.approx(100 * 7 / 8)
     assert result["token_acc"] == pytest.approx(100 * (8 * 9 - 1) / (8 * 9))
+
+
+def test_meter_counts_non_finite_sequences_as_wrong():
+    """A sequence whose logits hold a NaN (or an inf) anywhere scores nothing, even where the
+    argmax, which picks the NaN's index, lands on the target; the meter reports its share."""
+    task = tasks.get("copy")
+    batch = task.sample(task.rng(0, "eval"), 8, 4)
+    logits = one_hot_logits(batch.targets, task.vocab_size)  # (4, T, V), all right
+    pos = (batch.targets != IGNORE).nonzero()
+    (b0, t0), (b1, t1) = pos[pos[:, 0] == 1][0], pos[pos[:, 0] == 2][0]
+    logits[b0, t0, batch.targets[b0, t0]] = float("nan")  # argmax still picks the target
+    logits[b1, t1, 0] = float("inf")
+    assert logits[1].argmax(-1)[t0] == batch.targets[1, t0]
+    meter = task.meter()
+    meter.update(logits, batch.targets)
+    result = meter.result()
+    assert result["nonfinite"] == 50.0
+    assert result["exact_match"] == 50.0
+    assert result["token_acc"] == 50.0
+    lm = tasks.get("lm")
+    batch = lm.sample(lm.rng(0, "eval"), 32, 2)
+    logits = torch.zeros(2, 32, lm.vocab_size)
+    logits[1, 5, 3] = float("nan")
+    meter = lm.meter()
+    meter.update(logits, batch.targets)
+    assert meter.result()["perplexity"] == float("inf")
+    assert meter.result()["nonfinite"] == 50.0
 
 
 def test_meter_perplexity_of_uniform_logits_is_the_vocab():
