@@ -120,6 +120,33 @@ def test_shipped_reference_logs():
     assert sorted(ssmax["value"].to_list()) == [96.0, 98.0, 98.0]  # the README: 97.3 +- 1.2
 
 
+
+def test_shipped_long_reference_logs():
+    """The long MQMTAR campaign so far (results/published/LEDGER.md): seed 0 of softmax, entmax
+    and the near-identity ASEntmax at 100,000 steps, FINISHED, each with the whole ladder to
+    65,536 and no non-finite outputs, the numbers of the README's long section; and the copy
+    cells of the repro round that finished (entmax seeds 0 and 1; the others are KILLED in the
+    log and not read)."""
+    recs, runs = ref.load(ref.paths())
+    long = recs.filter((pl.col("profile") == "long") & (pl.col("task") == "mqmtar"))
+    em = long.filter(pl.col("metric") == "exact_match")
+    seeds = em.group_by("attention").agg(pl.col("seed").unique().sort())
+    assert dict(seeds.iter_rows()) == {"softmax": [0], "entmax": [0],
+                                       "asentmax:beta_bias=-2.9702,init_std=0": [0]}
+    ladder = [64 << i for i in range(11)]  # 64 ... 65,536
+    lengths = em.group_by("run_id").agg(pl.col("length").unique().sort())
+    assert all(ls == ladder for ls in lengths["length"].to_list())
+    at = {(r["attention"], r["length"]): r["value"] for r in em.iter_rows(named=True)}
+    assert (at["entmax", 65536], at["softmax", 65536], at["softmax", 16384]) == (61.0, 0.0, 26.0)
+    nonfinite = long.filter(pl.col("metric") == "nonfinite")
+    assert nonfinite.height == 33 and nonfinite["value"].max() == 0.0
+    assert all(runs[i].data.params["train.steps"] == "100000" for i in em["run_id"])
+    copy = recs.filter((pl.col("profile") == "repro") & (pl.col("task") == "copy")
+                       & (pl.col("metric") == "exact_match"))
+    seeds = copy.group_by("attention").agg(pl.col("seed").unique().sort())
+    assert dict(seeds.iter_rows()) == {"entmax": [0, 1]}
+
+
 def _final_metrics(log) -> dict:
     out, names = {}, {}
     for line in log.read_text().splitlines():

@@ -52,16 +52,16 @@ def fixed_records() -> pl.DataFrame:
 
 GOLDEN_CSV = """\
 task,attention,length,multiple,exact_match_mean,exact_match_std,token_acc_mean,token_acc_std,\
-seeds,perplexity_mean,perplexity_std,retrieval_acc_mean,retrieval_acc_std
-flip_flop,entmax,64,1.0,95.0,7.0710678118654755,97.5,3.5355339059327378,2,,,,
-flip_flop,entmax,256,4.0,70.0,14.142135623730951,85.0,7.0710678118654755,2,,,,
-flip_flop,softmax,64,1.0,100.0,0.0,100.0,0.0,2,,,,
-flip_flop,softmax,256,4.0,40.0,14.142135623730951,70.0,7.0710678118654755,2,,,,
-lm,entmax,128,1.0,,,,,1,3.25,,,
-lm,entmax,512,4.0,,,,,1,4.0,,,
-lm,softmax,128,1.0,,,,,1,3.5,,,
-lm,softmax,512,4.0,,,,,1,9.25,,,
-niah,asentmax,512,4.0,,,70.0,,1,,,40.0,
+seeds,nonfinite_seeds,perplexity_mean,perplexity_std,retrieval_acc_mean,retrieval_acc_std
+flip_flop,entmax,64,1.0,95.0,7.0710678118654755,97.5,3.5355339059327378,2,0,,,,
+flip_flop,entmax,256,4.0,70.0,14.142135623730951,85.0,7.0710678118654755,2,0,,,,
+flip_flop,softmax,64,1.0,100.0,0.0,100.0,0.0,2,0,,,,
+flip_flop,softmax,256,4.0,40.0,14.142135623730951,70.0,7.0710678118654755,2,0,,,,
+lm,entmax,128,1.0,,,,,1,0,3.25,,,
+lm,entmax,512,4.0,,,,,1,0,4.0,,,
+lm,softmax,128,1.0,,,,,1,0,3.5,,,
+lm,softmax,512,4.0,,,,,1,0,9.25,,,
+niah,asentmax,512,4.0,,,70.0,,1,0,,,40.0,
 """
 
 GOLDEN_MD = """\
