@@ -27,7 +27,9 @@ def add_leaderboard_args(parser: argparse.ArgumentParser) -> None:
                         "folders)")
     parser.add_argument("--write-readme", nargs="?", const="README.md", default=None,
                         metavar="PATH", help="put the markdown section between the markers "
-                        "of PATH (default README.md)")
+                        "of PATH (default README.md: the main job's; docs/results.md holds "
+                        "the reference profiles' sections, e.g. --reference --profile repro "
+                        "--write-readme docs/results.md)")
 
 
 def leaderboard_cmd(args) -> int:

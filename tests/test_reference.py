@@ -124,7 +124,7 @@ def test_shipped_reference_logs():
 def test_shipped_long_reference_logs():
     """The long MQMTAR campaign so far (results/published/LEDGER.md): seed 0 of softmax, entmax
     and the near-identity ASEntmax at 100,000 steps, FINISHED, each with the whole ladder to
-    65,536 and no non-finite outputs, the numbers of the README's long section; and the copy
+    65,536 and no non-finite outputs, the numbers of docs/results.md's long section; and the copy
     cells of the repro round that finished (entmax seeds 0 and 1; the others are KILLED in the
     log and not read)."""
     recs, runs = ref.load(ref.paths())
