@@ -23,8 +23,6 @@ from mlflow.tracking import MlflowClient
 
 from results.ui import free_port
 
-EARLY = 60.0  # seconds: far below a quick-profile training (minutes), above a loaded start-up
-
 
 def suite(*args, cwd: Path, user: int | None = None, env: dict | None = None,
           timeout: float = 300) -> subprocess.CompletedProcess:
@@ -53,9 +51,9 @@ def store_runs(db: Path) -> list:
 
 
 def quick_run(tmp_path: Path, *args, **kw) -> subprocess.CompletedProcess:
-    t0 = time.monotonic()
+    """A refused sweep: it never began (no store line, no run, no checkpoint)."""
     res = suite("run", "--profile", "quick", "--no-progress", *args, cwd=tmp_path, **kw)
-    assert time.monotonic() - t0 < EARLY, "refused only after work began"
+    assert "store:" not in res.stdout, "refused only after the sweep began"
     assert not any(r.info.status in ("RUNNING", "FINISHED")
                    for r in store_runs(tmp_path / "results" / "mlflow.db"))
     assert not (tmp_path / "results" / "checkpoints").exists() or not any(
@@ -164,11 +162,10 @@ def test_store_directory_without_write_permission(shared_dir):
     work = shared_dir / "work"
     work.mkdir(mode=0o777)
     work.chmod(0o777)
-    t0 = time.monotonic()
     res, why = readonly_run(store, work, "run", "--profile", "quick", "--attention",
                             "softmax", "--no-progress", "--tracking-uri",
                             f"sqlite:///{store}/mlflow.db")
-    assert time.monotonic() - t0 < EARLY
+    assert "store:" not in res.stdout  # refused before the sweep began
     refused(res, str(store), "not writable", why, "--tracking-uri")
     assert list(store.iterdir()) == []
 
@@ -204,10 +201,8 @@ def test_leaderboard_with_a_misspelt_profile(tmp_path):
 
 def test_bench_with_an_unreachable_store_fails_before_measuring(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    t0 = time.monotonic()
     res = suite("bench", "--lengths", "8192", "--repeats", "5", "--tracking-uri", dead,
                 cwd=tmp_path)
-    assert time.monotonic() - t0 < EARLY  # measuring T=8192 five times would take longer
     refused(res, dead, "no answer")
     assert "fwd ms" not in res.stdout  # nothing measured, nothing kept
     assert not list(tmp_path.glob("results/bench-unlogged-*"))
