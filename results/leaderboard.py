@@ -111,11 +111,11 @@ def records(tracker) -> pl.DataFrame:
     """Long records (one per run, length and metric) of every FINISHED cell run: the metrics
     of ``METRICS`` and the attention diagnostics (``DIAGNOSTICS``)."""
     runs = tracker.search(tracker.experiment_ids(), CELL_FILTER)
-    rows = [row for run in runs for row in _run_rows(run)]
+    rows = [row for run in runs for row in run_rows(run)]
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
-def _run_rows(run) -> Iterable[tuple]:
+def run_rows(run) -> Iterable[tuple]:
     t = schema.fields(run.data.tags)
     commit = t.get("git_commit", "unknown")[:7]
     if t.get("git_dirty") == "true":
@@ -296,7 +296,7 @@ def ranking(part: pl.DataFrame) -> list[tuple[str, float | None, float | None]]:
     first (higher, or lower for a lower-is-better metric such as perplexity), then the higher
     mean token accuracy over the same lengths, then the name; no score goes last."""
     metric = headline(part)
-    train = _train_length(part)
+    train = train_length_of(part)
     unranked = broken(part)
     out = []
     for (att,), sub in part.group_by("attention", maintain_order=True):
@@ -327,7 +327,7 @@ def nonfinite(row: dict | None) -> str | None:
 def broken(part: pl.DataFrame) -> set[str]:
     """One task's attentions that are not ranked by their score: a length it averages had
     non-finite outputs in some seed."""
-    train = _train_length(part)
+    train = train_length_of(part)
     out = set()
     for (att,), sub in part.group_by("attention", maintain_order=True):
         rows = {r["length"]: r for r in sub.iter_rows(named=True)}
@@ -371,7 +371,7 @@ def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], st
         by = by_att[att]
         rows.append((att, [head, *(_cell(by.get(n), metric, best[n]) for n in lengths)]))
     heads = ["score", *(f"{n} ({mult[n]:g}x)" for n in lengths)]
-    return metric, heads, rows, score_caption(metric, lengths, _train_length(part))
+    return metric, heads, rows, score_caption(metric, lengths, train_length_of(part))
 
 
 def _best(values: list, metric: str) -> float | None:
@@ -402,12 +402,12 @@ def _cell(row: dict | None, metric: str, best: float | None) -> tuple[str, str, 
     return f"{value:.{digits}f}", tail, best is not None and value == best
 
 
-def _tasks(tab: pl.DataFrame):
+def by_task(tab: pl.DataFrame):
     for (task,), part in tab.group_by("task", maintain_order=True):
         yield task, part
 
 
-def _train_length(part: pl.DataFrame) -> int:
+def train_length_of(part: pl.DataFrame) -> int:
     row = part.row(0, named=True)
     return round(row["length"] / row["multiple"])
 
@@ -419,10 +419,10 @@ def render(tab: pl.DataFrame, speed: pl.DataFrame | None = None) -> str:
     if tab.is_empty() and (speed is None or speed.is_empty()):
         return "the store holds no finished runs yet"
     out = []
-    for task, part in _tasks(tab):
+    for task, part in by_task(tab):
         metric, heads, rows, caption = grid(part)
         out += [f"{task}: {METRICS[metric].label}; mean±std over seeds; training length "
-                f"{_train_length(part)}",
+                f"{train_length_of(part)}",
                 f"{caption}; * best per column (none where all are 0)",
                 *_fixed(["attention", *heads], [[a, *(_star(c) for c in cs)] for a, cs in rows]),
                 ""]
@@ -450,11 +450,11 @@ def markdown(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = 
     out = ["# Attention leaderboard", ""]
     if about:
         out += [about, ""]
-    for task, part in _tasks(tab):
+    for task, part in by_task(tab):
         metric, heads, rows, caption = grid(part)
         out += [f"## {task}", "",
                 f"{METRICS[metric].label}; mean±std over seeds; training length "
-                f"{_train_length(part)}; {caption}; **bold**: best per column (none where all "
+                f"{train_length_of(part)}; {caption}; **bold**: best per column (none where all "
                 "are 0)", ""]
         out += _md_table(["attention", *heads],
                          [[a, *(_bold(c) for c in cs)] for a, cs in rows])
@@ -497,11 +497,11 @@ def html(tab: pl.DataFrame, speed: pl.DataFrame | None = None, about: str = "",
     if png_b64:
         out.append(f"<img alt='exact match against length' src='data:image/png;base64,"
                    f"{png_b64}'>")
-    for task, part in _tasks(tab):
+    for task, part in by_task(tab):
         metric, heads, rows, caption = grid(part)
         out += [f"<h2>{e(task)}</h2>",
                 f"<p>{e(METRICS[metric].label)}; mean±std over seeds; training length "
-                f"{_train_length(part)}; {e(caption)}; <b>bold</b>: best per column (none "
+                f"{train_length_of(part)}; {e(caption)}; <b>bold</b>: best per column (none "
                 "where all are 0)</p>",
                 _html_table(["attention", *heads],
                             [[e(a), *(_html_cell(c) for c in cs)] for a, cs in rows])]

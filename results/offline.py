@@ -76,7 +76,7 @@ class JsonlTracker:
     def local_dir(self) -> Path:
         return self.path.resolve().parent
 
-    def _runs(self) -> dict[str, dict]:
+    def run_states(self) -> dict[str, dict]:
         """Every run: {id: {"experiment", "hash", "status"}}, status from its last end."""
         found: dict[str, dict] = {}
         for rec in read(self.path, []):  # a damaged line is the importer's to report
@@ -90,7 +90,7 @@ class JsonlTracker:
     def runs(self, experiment: str, config_hash: str | None = None,
              status: str | None = None) -> list[str]:
         """The ids of the experiment's runs with this config hash and status, newest first."""
-        return [run for run, r in reversed(self._runs().items())
+        return [run for run, r in reversed(self.run_states().items())
                 if r["experiment"] == experiment
                 and (config_hash is None or r["hash"] == config_hash)
                 and (status is None or r["status"] == status)]

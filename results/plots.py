@@ -14,7 +14,7 @@ import polars as pl
 
 from tasks.metrics import METRICS
 
-from .leaderboard import _tasks, _train_length, headline, ranking
+from .leaderboard import by_task, headline, ranking, train_length_of
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
@@ -25,7 +25,7 @@ def plot(tab: pl.DataFrame, path: Path, title: str | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = list(_tasks(tab))
+    parts = list(by_task(tab))
     cols = min(3, len(parts))
     rows = math.ceil(len(parts) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(7.0, 5.6 * cols), 4.0 * rows + 0.8),
@@ -71,7 +71,7 @@ def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> 
         ax.errorbar(x, y, yerr=[y - lo, hi - y], color=colour, marker=marker, markersize=6,
                     markerfacecolor="none" if rank % 2 else colour, capsize=2,
                     linewidth=1.4, label=att, zorder=3 + n - rank)
-    ax.axvline(_train_length(part), color="grey", linestyle="--", linewidth=1)
+    ax.axvline(train_length_of(part), color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
     lengths = sorted(part["length"].unique().to_list())
     ax.set_xticks(lengths, [_short(n) for n in lengths])

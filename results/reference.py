@@ -77,7 +77,7 @@ def load(logs: list[Path]) -> tuple[pl.DataFrame, dict]:
             if r["status"] != "FINISHED" or r["tags"].get(schema.KIND) != schema.CELL:
                 continue
             run = by_id[r["run"]] = _run(r)
-            rows += [(*row, _origin(r)) for row in lb._run_rows(run)]
+            rows += [(*row, _origin(r)) for row in lb.run_rows(run)]
     return pl.DataFrame(rows, schema={**lb.SCHEMA, "origin": pl.Utf8}, orient="row"), by_id
 
 

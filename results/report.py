@@ -215,7 +215,7 @@ def publish(tracker, rep: Report) -> tuple[str, str]:
                          description=DESCRIPTION) as log, \
                 store_errors(tracker.uri, "write to"):
             scores = {metric_name(task, att): value
-                      for task, part in lb._tasks(rep.table)
+                      for task, part in lb.by_task(rep.table)
                       for att, value, _ in lb.ranking(part) if value is not None}
             if scores:
                 log.metrics(scores, step=0)

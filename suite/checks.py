@@ -112,7 +112,7 @@ def cells(cells: Iterable, executor: str = "local") -> None:
         key = (cell.attention, cell.profile.pe, cell.device, cell.backend)
         if key not in seen_atts:
             seen_atts.add(key)
-            _backend(cell.attention, cell.backend, cell.device, cell.profile.pe)
+            backend_usable(cell.attention, cell.backend, cell.device, cell.profile.pe)
             _probe(cell.attention, cell.profile.pe)
 
 
@@ -134,7 +134,7 @@ def _bias(pe: str, n_heads: int):
     return None
 
 
-def _backend(spec: str, backend: str, device: str, pe: str) -> None:
+def backend_usable(spec: str, backend: str, device: str, pe: str) -> None:
     """A forced backend must run this variant on this device with this position bias."""
     if backend == "auto" or device not in ("cpu", "cuda"):
         return  # auto always finds one; a Ray sweep's `auto` device is the cluster's to pick

@@ -177,7 +177,7 @@ def cmd_bench_train(args) -> int:
 
             pe = P.get(args.profile or ("paper" if device == "cuda" else "quick")).pe
             for att in atts:
-                checks._backend(att, args.backend, device, pe)
+                checks.backend_usable(att, args.backend, device, pe)
         result = bench_train.run(args.task or list(bench_train.TASKS), atts, args.profile, device,
                                  steps=args.train_steps, warmup=args.warmup, cells=cells,
                                  out=args.out, backend=args.backend)

@@ -102,7 +102,7 @@ def device_name(device: str) -> str:
     return f"cpu: {cpu.model()} ({torch.get_num_threads()} threads)"
 
 
-def _kernel(cell: Cell, model) -> str:
+def kernel_backend(cell: Cell, model) -> str:
     """The backend that runs the model's attention in training, resolved as its training calls
     resolve it: with the model's position bias and the shape of a batch at the longest
     training length (softmax under ALiBi or NAPE: one masked SDPA call at training lengths,
@@ -183,7 +183,7 @@ def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
         _dataset(log, cell, task)
         model = build_model(cell)
         log.params({"n_params": sum(p.numel() for p in model.parameters())})
-        log.tags({"suite.backend": _kernel(cell, model)})
+        log.tags({"suite.backend": kernel_backend(cell, model)})
         cpu0 = time.process_time()
         model, summary = train(cell, log=log, progress=progress, ckpt_dir=ckpt_dir)
         log.metrics({k: v for k, v in summary.items() if v is not None}, step=0)

@@ -381,7 +381,7 @@ def test_backend_tag_names_the_training_calls_backend(attention, task, device):
     (with its position bias and shape), not a resolution without them (on CUDA, softmax
     under NAPE runs FlexAttention, which the tag said was torch)."""
     from suite import profiles
-    from suite.run import _kernel
+    from suite.run import kernel_backend
     from suite.train import Cell, build_model
 
     cell = Cell(attention, task, 0, profiles.get("quick"), device, "auto")
@@ -394,4 +394,4 @@ def test_backend_tag_names_the_training_calls_backend(attention, task, device):
     with torch.no_grad():
         model(batch.tokens.to(device))
     used = model.blocks[0].attn.attn.__dict__["_last_kernel"].NAME
-    assert _kernel(cell, model) == used
+    assert kernel_backend(cell, model) == used

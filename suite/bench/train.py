@@ -36,7 +36,7 @@ from results.gitinfo import git_state
 
 from .. import profiles as P
 from ..data import Batches
-from ..run import _kernel
+from ..run import kernel_backend
 from ..step import Stepper
 from ..train import LOG_EVERY, Cell, build_model, lr_at
 
@@ -75,7 +75,7 @@ def measure(task_spec: str, attention: str, profile: str, device: str, steps: in
     model = build_model(cell).to(dev)
     stepper = Stepper(model, budget.lr, dev)
     row = {"task": cell.task, "attention": cell.attention, "profile": profile,
-           "device": device, "requested_backend": backend, "backend": _kernel(cell, model),
+           "device": device, "requested_backend": backend, "backend": kernel_backend(cell, model),
            "batch_size": budget.batch_size,
            "n_params": sum(p.numel() for p in model.parameters())}
     tokens = 0

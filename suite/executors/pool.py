@@ -215,7 +215,7 @@ def _ended_killed(log: Path) -> bool:
     if whole != data:
         log.write_bytes(whole)
     tracker = JsonlTracker(f"jsonl:{log}")
-    found = tracker._runs()
+    found = tracker.run_states()
     for run, r in found.items():
         if r["status"] == "RUNNING":
             tracker.end(run, "KILLED", {"suite.error": "interrupted: the sweep stopped before "
