@@ -17,7 +17,7 @@ import time
 
 from results.claims import Holder
 
-from ..attempts import ClaimedTracker, DuplicateRun, store_home, supersede
+from ..attempts import ClaimedTracker, DuplicateRun, store_home
 from ..run import experiment, ladder, run_cell
 from ..train import Cell
 
@@ -136,21 +136,6 @@ def _attempt(cell, head, tracker, home, progress, say, workers=None, after_wait=
         say(f"{head}: the interrupted attempt {run_id} is marked KILLED")
     say(f"{head}: done in {time.perf_counter() - t0:.0f}s  {ladder(results)}")
     return None
-
-
-def end_attempts(tracker, cell: Cell, head: str, say, took_over=None) -> None:
-    """After a worker's run of ``cell`` is in the store: every other RUNNING run of its config
-    (an attempt whose process died) ends KILLED, and a FINISHED cell's optimizer checkpoint
-    goes (as ``ClaimedTracker`` does for a cell trained in this process)."""
-    exp = experiment(cell)
-    done = tracker.finished(exp, cell.config_hash)
-    keep = done or next(iter(tracker.runs(exp, config_hash=cell.config_hash, status="FAILED")),
-                        "")
-    dead = f" (its claim, held by {took_over}, was taken over)" if took_over else ""
-    for run_id in supersede(tracker, exp, cell.config_hash, keep,
-                            f"interrupted: its process ended before the run did{dead}; run "
-                            f"{keep} took the cell over"):
-        say(f"{head}: the interrupted attempt {run_id} is marked KILLED")
 
 
 class _cpu_threads:

@@ -46,7 +46,7 @@ def _init(parent: int, plugins: list[str]) -> None:
     os.environ.setdefault("MKL_NUM_THREADS", n)
     import torch
 
-    from .ray import load_plugins
+    from .plugins import load_plugins
 
     torch.set_num_threads(cpu.threads())
     load_plugins(plugins)
@@ -109,6 +109,24 @@ def _store(tracker, log: Path) -> None:
     log.unlink(missing_ok=True)
 
 
+def end_attempts(tracker, cell: Cell, head: str, say, took_over=None) -> None:
+    """After a worker's run of ``cell`` is in the store: every other RUNNING run of its config
+    (an attempt whose process died) ends KILLED, and a FINISHED cell's optimizer checkpoint
+    goes (as ``ClaimedTracker`` does for a cell trained in this process)."""
+    from ..attempts import supersede
+    from ..run import experiment
+
+    exp = experiment(cell)
+    done = tracker.finished(exp, cell.config_hash)
+    keep = done or next(iter(tracker.runs(exp, config_hash=cell.config_hash, status="FAILED")),
+                        "")
+    dead = f" (its claim, held by {took_over}, was taken over)" if took_over else ""
+    for run_id in supersede(tracker, exp, cell.config_hash, keep,
+                            f"interrupted: its process ended before the run did{dead}; run "
+                            f"{keep} took the cell over"):
+        say(f"{head}: the interrupted attempt {run_id} is marked KILLED")
+
+
 class Workers:
     """``jobs`` worker processes for the cells of ``cells`` ((heading, cell) pairs): cells
     are handed over one at a time (``submit``, with the claim this process holds for them) and
@@ -116,7 +134,7 @@ class Workers:
     its claim back."""
 
     def __init__(self, cells: list[tuple[str, Cell]], tracker, jobs: int, say):
-        from .ray import plugins_for
+        from .plugins import plugins_for
 
         env = dict(os.environ)
         cpu.apply(env)  # what a worker's _init sets
@@ -143,8 +161,6 @@ class Workers:
     def collect(self, timeout: float = 0) -> int:
         """Take back the cells whose workers are done (waiting up to ``timeout`` seconds for
         one); how many of them failed."""
-        from .local import end_attempts
-
         done, _ = cf.wait(list(self.running), timeout=timeout,
                           return_when=cf.FIRST_COMPLETED)
         failed = 0

@@ -39,16 +39,15 @@ import sys
 import time
 import traceback
 import uuid
-from pathlib import Path
 from typing import Any
 
 import attentions
-import tasks
 from results import schema
 
 from ..attempts import ClaimedTracker, DuplicateRun, StoreHome, store_home
 from ..profiles import RESOURCES, Resources
 from ..train import Cell, ForeignCheckpoint, NonFiniteLoss
+from .plugins import load_plugins, plugins_for
 from .server import tracking_server
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
@@ -83,11 +82,6 @@ def settle(tracker, experiment: str, config_hash: str) -> str | None:
     for run_id in tracker.runs(experiment, config_hash=config_hash, status="RUNNING"):
         tracker.end(run_id, "KILLED", {schema.SUPERSEDED_BY: keep})
     return keep
-
-
-def load_plugins(targets: list[str]) -> None:
-    for target in targets:
-        attentions.load_plugin(target)
 
 
 def check_code(cell: Cell) -> None:
@@ -162,25 +156,6 @@ def _plain(results: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def plugins_for(cells: list[Cell]) -> list[str]:
-    """What a worker must import so that the cells' attentions and tasks are registered: the
-    files and modules (loaded with --plugin) that registered them."""
-    from attentions import REGISTRY as ATTENTIONS
-
-    found: list[str] = []
-    objs = [ATTENTIONS.get(attentions.parse_spec(c.attention)[0]) for c in cells]
-    objs += [tasks.REGISTRY.get(tasks.get(c.task).name) for c in cells]
-    for obj in objs:
-        mod = getattr(obj, "__module__", "") or ""
-        if mod.split(".")[0] in ("attentions", "tasks", "suite"):
-            continue
-        module = sys.modules.get(mod)
-        target = getattr(module, "__file__", None) if mod.startswith("suite_plugin_") else mod
-        if target and mod != "__main__" and target not in found:
-            found.append(str(Path(target).resolve()) if target.endswith(".py") else target)
-    return found
 
 
 def _place(cells: list[Cell], resources: dict) -> list[Cell]:
