@@ -44,6 +44,8 @@ DEFAULT_DIR = Path("results")
 #: (not the GenAI one), and the tag it shows as an experiment's or a run's description
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
+#: metrics per request (MLflow's log_batch takes at most 1000 entities)
+BATCH = 1000
 
 
 HINT = ("Start the server or pass a reachable --tracking-uri (or unset MLFLOW_TRACKING_URI to "
@@ -338,9 +340,19 @@ class RunLog:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
-        items = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        self._batched([Metric(k, float(v), now, int(step)) for k, v in values.items()])
+
+    def history(self, points: list[tuple[Mapping[str, float], int, int]]) -> None:
+        """Many steps at once, ``(values, step, timestamp in ms)`` each, in as few requests as
+        the store takes (an imported log's training curve: thousands of steps)."""
+        from mlflow.entities import Metric
+
+        self._batched([Metric(k, float(v), int(ms), int(step))
+                       for values, step, ms in points for k, v in values.items()])
+
+    def _batched(self, items: list) -> None:
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + BATCH])
 
     def dict(self, obj: Any, name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)
@@ -457,13 +469,21 @@ def _import_run(tracker: Tracker, r: dict, path: Path, source: str | None = "") 
         tags[schema.ERROR] = str(r["error"])[:schema.ERROR_LIMIT]
     log = tracker.start(r["experiment"], r["name"], tags, r["params"],
                         start_time=int(r["time"] * 1000), description=r.get("description"))
+    points: list[tuple[dict, int, int]] = []  # metrics events not yet written
+
+    def flush() -> None:
+        log.history(points)
+        points.clear()
+
     try:
         with store_errors(tracker.uri, "write to"):
             for rec in r["events"]:
                 ev = rec["event"]
                 if ev == "metrics":
-                    log.metrics(rec["values"], rec["step"], timestamp=int(rec["time"] * 1000))
-                elif ev == "dict":
+                    points.append((rec["values"], rec["step"], int(rec["time"] * 1000)))
+                    continue
+                flush()  # the other events keep their place after the metrics before them
+                if ev == "dict":
                     log.dict(rec["obj"], rec["name"])
                 elif ev == "params":
                     log.params(rec["params"])
@@ -474,6 +494,7 @@ def _import_run(tracker: Tracker, r: dict, path: Path, source: str | None = "") 
                 elif ev == "dataset":
                     log.dataset(rec["name"], rec["digest"], rec["source"], rec["profile"],
                                 rec.get("context", "train"))
+            flush()
     except BaseException as err:
         tracker._fail(log.run_id, err)
         raise
