@@ -324,6 +324,12 @@ def nonfinite(row: dict | None) -> str | None:
     return f"non-finite ({k}/{row['seeds']} seeds)" if k else None
 
 
+def finite_rows(part: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a table without non-finite outputs in any seed (those a column's best, a
+    ranking by value or a plot may use)."""
+    return part.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+
+
 def broken(part: pl.DataFrame) -> set[str]:
     """One task's attentions that are not ranked by their score: a length it averages had
     non-finite outputs in some seed."""
@@ -355,7 +361,7 @@ def grid(part: pl.DataFrame) -> tuple[str, list[str], list[tuple[str, list]], st
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
     ranked = ranking(part)
-    finite = part.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+    finite = finite_rows(part)
     best = {n: _best(finite.filter(pl.col("length") == n)[key].to_list(), metric)
             for n in lengths}
     best_score = _best([r[1] for r in ranked], metric)

@@ -14,7 +14,7 @@ import polars as pl
 
 from tasks.metrics import METRICS
 
-from .leaderboard import by_task, headline, ranking, train_length_of
+from .leaderboard import by_task, finite_rows, headline, ranking, train_length_of
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
@@ -55,8 +55,8 @@ def _panel(ax, task: str, part: pl.DataFrame, style: dict, names: list[str]) -> 
     order = [att for att, _, _ in ranking(part)]
     n = len(names)
     for rank, att in enumerate(order):
-        sub = (part.filter((pl.col("attention") == att) & pl.col(f"{metric}_mean").is_not_null()
-                           & (pl.col("nonfinite_seeds").fill_null(0) == 0))  # no garbage 0
+        sub = (finite_rows(part)  # no garbage 0 where outputs were not finite
+               .filter((pl.col("attention") == att) & pl.col(f"{metric}_mean").is_not_null())
                .sort("length"))
         colour, marker = style[att]
         i = names.index(att)

@@ -162,7 +162,7 @@ def _table(part: pl.DataFrame) -> list[str]:
     better = max if METRICS[metric].better != "min" else min
     lengths = sorted(part["length"].unique().to_list())
     mult = dict(part.select("length", "multiple").iter_rows())
-    finite = part.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+    finite = lb.finite_rows(part)
     best = {n: better((v for v in finite.filter(pl.col("length") == n)[f"{metric}_mean"]
                        .to_list() if v is not None), default=None) for n in lengths}
     if METRICS[metric].percent:  # nothing is best in a column where every row has 0
@@ -185,7 +185,7 @@ def _ranking(part: pl.DataFrame) -> str:
     longest = part["length"].max()
     rows = part.filter(pl.col("length") == longest).drop_nulls(f"{metric}_mean")
     broken = rows.filter(pl.col("nonfinite_seeds").fill_null(0) > 0)
-    rows = rows.filter(pl.col("nonfinite_seeds").fill_null(0) == 0)
+    rows = lb.finite_rows(rows)
     rows = rows.sort(f"{metric}_mean", descending=METRICS[metric].better != "min")
     digits = METRICS[metric].digits
     mult = part.filter(pl.col("length") == longest)["multiple"][0] if part.height else 0

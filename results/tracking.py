@@ -337,20 +337,16 @@ class RunLog:
     def metrics(self, values: Mapping[str, float], step: int, timestamp: int | None = None
                 ) -> None:
         """The values at one step (``timestamp`` in ms, default now)."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
-        self._batched([Metric(k, float(v), now, int(step)) for k, v in values.items()])
+        self.history([(values, step, now)])
 
     def history(self, points: list[tuple[Mapping[str, float], int, int]]) -> None:
         """Many steps at once, ``(values, step, timestamp in ms)`` each, in as few requests as
         the store takes (an imported log's training curve: thousands of steps)."""
         from mlflow.entities import Metric
 
-        self._batched([Metric(k, float(v), int(ms), int(step))
-                       for values, step, ms in points for k, v in values.items()])
-
-    def _batched(self, items: list) -> None:
+        items = [Metric(k, float(v), int(ms), int(step))
+                 for values, step, ms in points for k, v in values.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, metrics=items[i:i + BATCH])
 
