@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import cpu  # light: this module is what a spawned worker imports before torch
+from .loop import Job, Outcome  # light too
 
 if TYPE_CHECKING:
     from ..train import Cell
@@ -109,10 +110,11 @@ def _store(tracker, log: Path) -> None:
     log.unlink(missing_ok=True)
 
 
-def end_attempts(tracker, cell: Cell, head: str, say, took_over=None) -> None:
+def end_attempts(tracker, cell: Cell, took_over=None) -> list[str]:
     """After a worker's run of ``cell`` is in the store: every other RUNNING run of its config
     (an attempt whose process died) ends KILLED, and a FINISHED cell's optimizer checkpoint
-    goes (as ``ClaimedTracker`` does for a cell trained in this process)."""
+    goes (as ``ClaimedTracker`` does for a cell trained in this process); the ids of the runs
+    ended."""
     from ..attempts import supersede
     from ..run import experiment
 
@@ -121,19 +123,18 @@ def end_attempts(tracker, cell: Cell, head: str, say, took_over=None) -> None:
     keep = done or next(iter(tracker.runs(exp, config_hash=cell.config_hash, status="FAILED")),
                         "")
     dead = f" (its claim, held by {took_over}, was taken over)" if took_over else ""
-    for run_id in supersede(tracker, exp, cell.config_hash, keep,
-                            f"interrupted: its process ended before the run did{dead}; run "
-                            f"{keep} took the cell over"):
-        say(f"{head}: the interrupted attempt {run_id} is marked KILLED")
+    return supersede(tracker, exp, cell.config_hash, keep,
+                     f"interrupted: its process ended before the run did{dead}; run {keep} took "
+                     "the cell over")
 
 
 class Workers:
-    """``jobs`` worker processes for the cells of ``cells`` ((heading, cell) pairs): cells
-    are handed over one at a time (``submit``, with the claim this process holds for them) and
-    taken back by ``collect``, which moves each finished cell's log into the store and gives
-    its claim back."""
+    """``jobs`` worker processes for the cells of ``cells``: cells are handed over one at a
+    time (``submit``, with the claim this process holds for them) and taken back by
+    ``collect``, which moves each finished cell's log into the store and gives its claim
+    back."""
 
-    def __init__(self, cells: list[tuple[str, Cell]], tracker, jobs: int, say):
+    def __init__(self, cells: list[Job], tracker, jobs: int, say):
         from .plugins import plugins_for
 
         env = dict(os.environ)
@@ -144,41 +145,43 @@ class Workers:
         self.tmp = Path(tempfile.mkdtemp(prefix="suite-cells-"))
         self.pool = cf.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
-            initargs=(os.getpid(), plugins_for([c for _, c in cells])))
-        self.running: dict = {}
+            initargs=(os.getpid(), plugins_for([job.cell for job in cells])))
+        self.running: dict[cf.Future, tuple[Job, Path, Path]] = {}
         self.count = 0
 
     @property
     def busy(self) -> bool:
         return bool(self.running)
 
-    def submit(self, head: str, cell: Cell, ckpt_dir: Path, claim) -> None:
+    def submit(self, job: Job, ckpt_dir: Path) -> None:
+        """Hand the job's cell to a worker; ``job.claim`` is released when it is collected."""
         self.count += 1
         log = self.tmp / f"cell-{self.count}.jsonl"
-        fut = self.pool.submit(_work, cell, f"jsonl:{log}", str(ckpt_dir))
-        self.running[fut] = (head, cell, log, ckpt_dir, claim)
+        fut = self.pool.submit(_work, job.cell, f"jsonl:{log}", str(ckpt_dir))
+        self.running[fut] = (job, log, ckpt_dir)
 
-    def collect(self, timeout: float = 0) -> int:
+    def collect(self, timeout: float | None = 0) -> list[Outcome]:
         """Take back the cells whose workers are done (waiting up to ``timeout`` seconds for
-        one); how many of them failed."""
+        one; None: as long as it takes): their outcomes."""
         done, _ = cf.wait(list(self.running), timeout=timeout,
                           return_when=cf.FIRST_COMPLETED)
-        failed = 0
+        outcomes = []
         for fut in done:
-            head, cell, log, ckpt_dir, claim = self.running.pop(fut)
+            job, log, ckpt_dir = self.running.pop(fut)
             try:
                 result = fut.result()
                 _store(self.tracker, log)
-                end_attempts(self.tracker, cell, head, self.say, claim.took_over)
+                superseded = tuple(end_attempts(self.tracker, job.cell, job.claim.took_over))
                 if result["status"] == "failed":
-                    failed += 1
-                    self.say(f"{head}: FAILED: {result['error']}")
+                    outcomes.append(Outcome(job, "failed", error=result["error"],
+                                            superseded=superseded))
                 else:
                     (ckpt_dir / "last.pt").unlink(missing_ok=True)  # FINISHED: no resume
-                    self.say(f"{head}: done in {result['seconds']:.0f}s  {result['ladder']}")
+                    outcomes.append(Outcome(job, "done", seconds=result["seconds"],
+                                            ladder=result["ladder"], superseded=superseded))
             finally:
-                claim.release()
-        return failed
+                job.claim.release()
+        return outcomes
 
     def close(self) -> None:
         """Stop the workers and give back the claims of their cells. Cells still running are
@@ -196,17 +199,17 @@ class Workers:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(5)
-            for head, _, log, _, claim in self.running.values():
+            for job, log, _ in self.running.values():
                 try:
                     if _ended_killed(log):
                         _store(self.tracker, log)
-                        self.say(f"{head}: interrupted; its run is marked KILLED and resumes "
-                                 "from its last checkpoint")
+                        self.say(f"{job.head}: interrupted; its run is marked KILLED and "
+                                 "resumes from its last checkpoint")
                 except Exception as err:  # the sweep is stopping anyway: say where it is
-                    self.say(f"{head}: interrupted; its log could not be stored ({err}); it "
-                             f"stays in {log}")
+                    self.say(f"{job.head}: interrupted; its log could not be stored ({err}); "
+                             f"it stays in {log}")
                 finally:
-                    claim.release()
+                    job.claim.release()
             self.running.clear()
         else:
             self.pool.shutdown()

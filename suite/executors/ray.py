@@ -3,7 +3,8 @@
 The driver connects to ``--ray-address`` (or starts a local cluster and shuts it down at the
 end), makes sure one MLflow tracking server fronts the store (the user's http(s) URI, else an
 ``mlflow server`` on 127.0.0.1 over the embedded ``results/mlflow.db``: workers never write
-one SQLite file directly), skips cells already FINISHED, and submits the rest. A task:
+one SQLite file directly), skips cells already FINISHED, and submits the rest (the sweep's
+loop, ``loop``; ``RayTasks`` is how a cell starts here). A task:
 
 1. sets ``SUITE_CHECKPOINT_DIR`` to the driver's absolute checkpoint root and torch's
    threads to its CPU share (on CPU a seed then gives the local executor's metrics bit for
@@ -43,10 +44,12 @@ from typing import Any
 
 import attentions
 from results import schema
+from results.claims import Holder
 
 from ..attempts import ClaimedTracker, DuplicateRun, StoreHome, store_home
 from ..profiles import RESOURCES, Resources
 from ..train import Cell, ForeignCheckpoint, NonFiniteLoss
+from .loop import Executor, Job, Outcome, sweep_loop
 from .plugins import load_plugins, plugins_for
 from .server import tracking_server
 
@@ -54,7 +57,6 @@ SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
 DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
 # deterministic: a retry fails the same way
 NOT_RETRIED = (NonFiniteLoss, attentions.SpecError, ForeignCheckpoint)
-POLL_S = 1.0  # between looks at the claims of cells that another process trains
 
 
 def cell_resources(cell: Cell) -> Resources:
@@ -106,7 +108,6 @@ def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], t
 
     import torch
 
-    from results.claims import Holder
     from results.tracking import Tracker
 
     from ..run import experiment, run_cell
@@ -138,13 +139,14 @@ def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], t
         if keep != claimed.run_id:
             return {"status": "duplicate", "run": keep}
         return {"status": "finished", "run": keep, "results": _plain(results),
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "superseded": claimed.superseded}
     except DuplicateRun as dup:
         return {"status": "duplicate", "run": dup.args[0]}
     except Exception as err:
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(), "retry": not isinstance(err, NOT_RETRIED),
-                "run": claimed.run_id if claimed else None}
+                "run": claimed.run_id if claimed else None,
+                "superseded": claimed.superseded if claimed else []}
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -272,110 +274,97 @@ def _sweep(ray, cells, uri, ray_address, num_cpus, attempts, progress, out) -> i
                   file=out, flush=True)
             print(f"leaderboard while it runs: suite leaderboard --tracking-uri {server}",
                   file=out, flush=True)
-            return _drive(ray, cells, tracker, server, home, plugins, attempts, progress, out)
+            say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+            executor = RayTasks(ray, tracker, home, say, server, plugins, attempts, progress)
+            return sweep_loop(executor, cells)
     finally:
         if started:
             ray.shutdown()
 
 
-def _drive(ray, cells, tracker, server, home, plugins, attempts, progress, out) -> int:
-    from ..run import experiment, ladder
+class RayTasks(Executor):
+    """Every cell a Ray task (``run_cell_task``) that claims the cell where it runs: a task that
+    finds the cell held reports it busy, and the loop waits for its holder. A task that raised
+    is submitted again, up to ``attempts`` attempts in all, unless its error is deterministic
+    (``NOT_RETRIED``); a cell whose worker died and whose Ray retries are spent fails."""
 
-    sweep_id = uuid.uuid4().hex[:12]
-    index = {cell.config_hash: i for i, cell in enumerate(cells, 1)}
-    head = lambda cell: f"[{index[cell.config_hash]}/{len(cells)}] {cell.name}"
-    pending: dict[Any, tuple[Cell, int]] = {}
-    busy: list[tuple[Cell, int]] = []  # cells another live process has claimed
+    def __init__(self, ray, tracker, home: StoreHome, say, server: str, plugins: list[str],
+                 attempts: int, progress: bool):
+        super().__init__(tracker, home, say)
+        self.ray, self.server, self.plugins = ray, server, plugins
+        self.attempts, self.progress = attempts, progress
+        self.sweep_id = uuid.uuid4().hex[:12]
+        self.pending: dict[Any, Job] = {}  # task -> its job
+        self.attempt: dict[str, int] = {}  # a job's head -> its attempt last submitted
 
-    def submit(cell: Cell, attempt: int) -> None:
-        res = cell_resources(cell)
-        task = ray.remote(run_cell_task).options(
+    def claim(self, cell: Cell) -> Holder | None:
+        """Only a look: the task claims the cell where it runs. A cell held by another live
+        process waits without a task."""
+        return self.home.claims.holder(cell.config_hash)
+
+    def run(self, job: Job) -> None:
+        self._submit(job, self.attempt.get(job.head, 1))  # after a wait: the same attempt
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def collect(self, timeout: float | None) -> list[Outcome]:
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        outcomes = [self._outcome(ref) for ref in ready]
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def close(self) -> None:
+        """Cancel the tasks still running (Ctrl-C, a broken store) and end their runs of this
+        sweep KILLED."""
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        with contextlib.suppress(Exception):
+            for job in self.pending.values():
+                _kill_running(self.tracker, job.cell, self.sweep_id)
+
+    def _submit(self, job: Job, attempt: int) -> None:
+        cell, res = job.cell, cell_resources(job.cell)
+        task = self.ray.remote(run_cell_task).options(
             num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=SYSTEM_RETRIES,
             retry_exceptions=False, name=f"cell {cell.name}")
-        tags = {schema.tag("executor"): "ray", schema.SWEEP: sweep_id,
+        tags = {schema.tag("executor"): "ray", schema.SWEEP: self.sweep_id,
                 schema.tag("attempt"): str(attempt)}
-        ref = task.remote(cell, server, home, tags, max(1, int(res.num_cpus)), plugins)
-        pending[ref] = (cell, attempt)
-        if progress:
-            print(f"{head(cell)}: submitted (attempt {attempt}, {res.num_cpus:g} CPU, "
-                  f"{res.num_gpus:g} GPU)", file=out, flush=True)
+        ref = task.remote(cell, self.server, self.home, tags, max(1, int(res.num_cpus)),
+                          self.plugins)
+        self.pending[ref] = job
+        self.attempt[job.head] = attempt
+        if self.progress:
+            self.say(f"{job.head}: submitted (attempt {attempt}, {res.num_cpus:g} CPU, "
+                     f"{res.num_gpus:g} GPU)")
 
-    def wait_for(cell: Cell, attempt: int, holder) -> None:
-        print(f"{head(cell)}: being trained by {holder} (config {cell.config_hash}); waiting "
-              "for it", file=out, flush=True)
-        busy.append((cell, attempt))
+    def _outcome(self, ref) -> Outcome | None:
+        """What a finished task says of its cell; None when the cell was submitted again."""
+        from ..run import ladder
 
-    def released() -> None:
-        """Cells whose claim has ended: skipped when finished, else submitted."""
-        for item in list(busy):
-            cell, attempt = item
-            if home.claims.holder(cell.config_hash) is not None:
-                continue
-            busy.remove(item)
-            done = tracker.finished(experiment(cell), cell.config_hash)
-            if done:
-                print(f"{head(cell)}: skipped, finished by another process (run {done})",
-                      file=out, flush=True)
-            else:
-                submit(cell, attempt)
-
-    for cell in cells:
-        done = tracker.finished(experiment(cell), cell.config_hash)
-        holder = None if done else home.claims.holder(cell.config_hash)
-        if done:
-            print(f"{head(cell)}: skipped, finished already (config {cell.config_hash}, "
-                  f"run {done})", file=out, flush=True)
-        elif holder is not None:
-            wait_for(cell, 1, holder)
-        else:
-            submit(cell, 1)
-    failed = 0
-    try:
-        while pending or busy:
-            if not pending:
-                time.sleep(POLL_S)
-                released()
-                continue
-            ready, _ = ray.wait(list(pending), num_returns=1,
-                                timeout=POLL_S if busy else None)
-            released()
-            if not ready:
-                continue
-            cell, attempt = pending.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayError as err:  # the worker or node died, retries spent
-                error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:500]}"
-                _record_failure(tracker, cell, sweep_id, error)
-                failed += 1
-                print(f"{head(cell)}: FAILED: {error}", file=out, flush=True)
-                continue
-            status = result["status"]
-            if status == "busy":
-                wait_for(cell, attempt, result["holder"])
-            elif status == "finished":
-                print(f"{head(cell)}: done in {result['seconds']:.0f}s  "
-                      f"{ladder(result['results'])}", file=out, flush=True)
-            elif status in ("skipped", "duplicate"):
-                print(f"{head(cell)}: skipped, finished by another run ({result['run']})",
-                      file=out, flush=True)
-            elif result["retry"] and attempt < attempts:
-                print(f"{head(cell)}: attempt {attempt} failed ({result['error']}); retrying",
-                      file=out, flush=True)
-                submit(cell, attempt + 1)
-            else:
-                if result["run"] is None:  # it failed before its run existed
-                    _record_failure(tracker, cell, sweep_id, result["error"])
-                failed += 1
-                print(f"{head(cell)}: FAILED: {result['error']}", file=out, flush=True)
-    except BaseException:  # Ctrl-C or a broken store: stop the cells, mark their runs
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        with contextlib.suppress(Exception):
-            for cell, _ in pending.values():
-                _kill_running(tracker, cell, sweep_id)
-        raise
-    return failed
+        job = self.pending.pop(ref)
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:  # the worker or node died, retries spent
+            error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:500]}"
+            _record_failure(self.tracker, job.cell, self.sweep_id, error)
+            return Outcome(job, "failed", error=error)
+        status, superseded = result["status"], tuple(result.get("superseded", ()))
+        if status == "busy":
+            return Outcome(job, "busy", holder=result["holder"])
+        if status == "finished":
+            return Outcome(job, "done", seconds=result["seconds"],
+                           ladder=ladder(result["results"]), superseded=superseded)
+        if status in ("skipped", "duplicate"):
+            return Outcome(job, "duplicate", run=result["run"])
+        attempt = self.attempt[job.head]
+        if result["retry"] and attempt < self.attempts:
+            self.say(f"{job.head}: attempt {attempt} failed ({result['error']}); retrying")
+            self._submit(job, attempt + 1)
+            return None
+        if result["run"] is None:  # it failed before its run existed
+            _record_failure(self.tracker, job.cell, self.sweep_id, result["error"])
+        return Outcome(job, "failed", error=result["error"], superseded=superseded)
 
 
 def _kill_running(tracker, cell: Cell, sweep_id: str) -> None:
