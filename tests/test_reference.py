@@ -124,9 +124,10 @@ def test_shipped_reference_logs():
 def test_shipped_long_reference_logs():
     """The long MQMTAR campaign so far (results/published/LEDGER.md): seed 0 of softmax, entmax
     and the near-identity ASEntmax at 100,000 steps, FINISHED, each with the whole ladder to
-    65,536 and no non-finite outputs, the numbers of docs/results.md's long section; and the copy
-    cells of the repro round that finished (entmax seeds 0 and 1; the others are KILLED in the
-    log and not read)."""
+    65,536 and no non-finite outputs, the numbers of docs/results.md's long section; and copy at
+    the repro budget: 3 FINISHED seeds of each of the four attentions, over two sessions of one
+    code.suite (the first session's KILLED cells are in the log and not read), with the numbers
+    docs/results.md states."""
     recs, runs = ref.load(ref.paths())
     long = recs.filter((pl.col("profile") == "long") & (pl.col("task") == "mqmtar"))
     em = long.filter(pl.col("metric") == "exact_match")
@@ -144,7 +145,14 @@ def test_shipped_long_reference_logs():
     copy = recs.filter((pl.col("profile") == "repro") & (pl.col("task") == "copy")
                        & (pl.col("metric") == "exact_match"))
     seeds = copy.group_by("attention").agg(pl.col("seed").unique().sort())
-    assert dict(seeds.iter_rows()) == {"entmax": [0, 1]}
+    assert dict(seeds.iter_rows()) == {a: [0, 1, 2] for a in ("softmax", "ssmax", "entmax",
+                                                                "asentmax")}
+    assert copy.group_by("attention", "seed").agg(pl.col("run_id").n_unique())["run_id"].max() == 1
+    at64 = copy.filter(pl.col("length") == 4096).group_by("attention").agg(pl.col("value").mean())
+    means = {a: round(v, 1) for a, v in at64.iter_rows()}
+    assert means == {"asentmax": 47.2, "ssmax": 29.8, "softmax": 11.6, "entmax": 2.0}
+    codes = {runs[i].data.params["code.suite"] for i in copy["run_id"]}
+    assert codes == {"4542078c6da2"}
 
 
 def _final_metrics(log) -> dict:
