@@ -10,8 +10,8 @@ it (``Claim.release``, also on an error), or when its holder is found dead:
 - on the same host (same host name and boot id): its pid is gone, or now belongs to a process
   started at another time (a reused pid);
 - on another host: its heartbeat (the file's mtime, touched every ``HEARTBEAT_S`` seconds by a
-  thread of the holder) is older than ``SUITE_CLAIM_TIMEOUT`` seconds (default 600), measured
-  against the shared filesystem's own clock.
+  thread of the holder) is older than the folder's ``timeout`` seconds (default 600; the
+  suite's setting ``store.claim_timeout``), measured against the shared filesystem's own clock.
 
 A dead holder's claim is taken over by the next claimant, under the same lock. ``file_lock``
 is the lock itself (``flock``; released by the kernel when its process dies), also used to
@@ -113,19 +113,6 @@ class Holder:
         return f"pid {self.pid} on {self.host} (since {when})"
 
 
-def claim_timeout() -> float:
-    raw = os.environ.get("SUITE_CLAIM_TIMEOUT")
-    if raw is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ValueError(f"SUITE_CLAIM_TIMEOUT={raw!r}: give a positive number of seconds")
-    return value
-
-
 class Claim:
     """A claim this process holds; ``release`` (or leaving the ``with`` block) gives it back.
     A thread touches the file every ``HEARTBEAT_S`` seconds while it is held."""
@@ -163,10 +150,13 @@ class Claim:
 
 
 class Claims:
-    """A folder of claims, one file per key (a cell's config hash)."""
+    """A folder of claims, one file per key (a cell's config hash); another host's claim
+    counts as dead after ``timeout`` seconds without a heartbeat."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, timeout: float = DEFAULT_TIMEOUT_S):
+        if not timeout > 0:
+            raise ValueError(f"claim timeout {timeout!r}: give a positive number of seconds")
+        self.folder, self.timeout = Path(folder), float(timeout)
 
     def path(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):
@@ -199,7 +189,7 @@ class Claims:
             age = self._fs_now() - self.path(key).stat().st_mtime
         except FileNotFoundError:
             return False
-        return age <= claim_timeout()
+        return age <= self.timeout
 
     def _fs_now(self) -> float:
         """The filesystem's clock (a probe file's mtime), so that hosts' clocks never mix."""

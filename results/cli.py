@@ -32,15 +32,16 @@ def add_leaderboard_args(parser: argparse.ArgumentParser) -> None:
                         "--write-readme docs/results.md)")
 
 
-def leaderboard_cmd(args) -> int:
-    """Print the tables, write results/leaderboard.{csv,md,png,html}, log the leaderboard run;
-    with ``--format markdown`` / ``--write-readme``, the README's section too."""
+def leaderboard_cmd(args, git: dict[str, str] | None = None) -> int:
+    """Print the tables, write results/leaderboard.{csv,md,png,html}, log the leaderboard run
+    (tagged with ``git``, default git's state); with ``--format markdown`` / ``--write-readme``,
+    the README's section too."""
     from .report import make
 
     try:
         rep = make(args.tracking_uri, getattr(args, "profile", None), Path("results"),
                    log=not getattr(args, "no_log", False),
-                   reference=getattr(args, "reference", None))
+                   reference=getattr(args, "reference", None), git=git)
     except (FileNotFoundError, ValueError) as err:  # a --reference log that is not one
         if getattr(args, "reference", None) is None:
             raise

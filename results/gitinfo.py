@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 from .errors import StatedCommitError
 
-#: the commit a copied tree was made from, as its launcher states it: ``SHA`` or ``SHA+dirty``
-#: (for machines that receive a copy of the working tree without its own up-to-date history,
-#: where ``git`` would name whatever commit that copy's stale ``.git`` holds)
-STATED = "SUITE_GIT_COMMIT"
 
-
-def git_state(path: Path | None = None) -> dict[str, str]:
-    """The commit and dirty flag of the checkout the suite runs from ("unknown" outside one);
-    ``$SUITE_GIT_COMMIT``, when set, is taken instead of asking git (``git_source``: stated)."""
-    stated = os.environ.get(STATED, "").strip()
+def git_state(path: Path | None = None, stated: str | None = None) -> dict[str, str]:
+    """The commit and dirty flag of the checkout the suite runs from ("unknown" outside one).
+    ``stated``: the commit a copied tree was made from, as its launcher states it, ``SHA`` or
+    ``SHA+dirty`` (the suite's setting ``store.git_commit``, ``$SUITE_GIT_COMMIT``), for
+    machines that receive a copy of the working tree without its own up-to-date history, where
+    ``git`` would name whatever commit that copy's stale ``.git`` holds; taken instead of
+    asking git (``git_source``: stated)."""
+    stated = (stated or "").strip()
     if stated:
         sha, _, flag = stated.partition("+")
         if not re.fullmatch(r"[0-9a-f]{7,40}", sha) or flag not in ("", "dirty"):
             raise StatedCommitError(
-                f"{STATED}={stated!r} is not a commit: give a hex SHA, optionally followed by "
-                "+dirty (e.g. $(git rev-parse HEAD)+dirty)")
+                f"SUITE_GIT_COMMIT={stated!r} is not a commit: give a hex SHA, optionally "
+                "followed by +dirty (e.g. $(git rev-parse HEAD)+dirty)")
         return {"git_commit": sha, "git_dirty": "true" if flag else "false",
                 "git_source": "stated"}
     cwd = path or Path(__file__).resolve().parent.parent

@@ -176,12 +176,12 @@ def label(recs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _short(key: str) -> str:
-    return key.removeprefix("train.").removeprefix("model.")
+    return key.removeprefix("train.").removeprefix("model.").removeprefix("setting.")
 
 
 def _value(key: str, value: str | None) -> str:
     if value is None:
-        return "-"
+        return "default" if key.startswith("setting.") else "-"
     return value[:8] if key.startswith("code.") else value
 
 

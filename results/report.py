@@ -49,10 +49,11 @@ class Report:
 
 def make(tracking_uri: str | None = None, profile: str | None = None,
          out_dir: Path = Path("results"), log: bool = True,
-         reference: list[str] | None = None) -> Report:
+         reference: list[str] | None = None, git: dict[str, str] | None = None) -> Report:
     """``reference``: None for the store's runs alone; else offline logs (``[]``: the ones the
     suite ships, ``results.reference``) whose runs of the same profile and tasks are ranked
-    beside the store's, labelled as references."""
+    beside the store's, labelled as references. ``git``: the code state the leaderboard run is
+    tagged with (default: git's state of this checkout)."""
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri)
@@ -87,7 +88,7 @@ def make(tracking_uri: str | None = None, profile: str | None = None,
     rep.files = write(tab, speed, lb.about(recs, profile), Path(out_dir),
                       title=plot_title(recs, profile), diag=diag)
     if log:
-        rep.experiment_id, rep.run_id = publish(tracker, rep)
+        rep.experiment_id, rep.run_id = publish(tracker, rep, git)
     return rep
 
 
@@ -197,15 +198,17 @@ def metric_name(task: str, attention: str) -> str:
     return re.sub(r"[^0-9A-Za-z_./ -]", "_", f"score/{task}/{attention}")
 
 
-def publish(tracker, rep: Report) -> tuple[str, str]:
-    """Log the leaderboard run; returns (experiment id, run id)."""
+def publish(tracker, rep: Report, git: dict[str, str] | None = None) -> tuple[str, str]:
+    """Log the leaderboard run, tagged with ``git`` (default: git's state of this checkout);
+    returns (experiment id, run id)."""
     from .gitinfo import git_state
     from .tracking import TrackingError, store_errors
 
     md = next((p.read_text() for p in rep.files if p.suffix == ".md"), "")
     note = note_of(md)
     tags = {schema.KIND: schema.LEADERBOARD, schema.tag("profile"): rep.profile or "",
-            "mlflow.note.content": note, **{schema.tag(k): v for k, v in git_state().items()}}
+            "mlflow.note.content": note,
+            **{schema.tag(k): v for k, v in (git or git_state()).items()}}
     params = {"profile": rep.profile or "", "rows": rep.table.height,
               "tasks": ",".join(rep.table["task"].unique(maintain_order=True))}
     tags["suite.current"] = "true"

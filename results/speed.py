@@ -32,8 +32,9 @@ def metric_key(row: Mapping[str, Any]) -> str:
 
 
 def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None,
-              kind: str = schema.BENCH) -> str:
-    """Store one `suite bench` run; returns its run id. If the store fails, the rows are kept
+              kind: str = schema.BENCH, git: dict[str, str] | None = None) -> str:
+    """Store one `suite bench` run, tagged with ``git`` (default: git's state of this
+    checkout); returns its run id. If the store fails, the rows are kept
     in ``results/bench-unlogged-<time>.json`` and the error names that file and the URI.
     ``kind`` "bench" is the kernel table (experiment ``bench``, read back by ``records``);
     "bench_train" the training-throughput table of `suite bench --train` (its own
@@ -46,7 +47,7 @@ def log_bench(rows: Sequence[Mapping[str, Any]], tracking_uri: str | None = None
         tracker = Tracker(tracking_uri)
         device = str(rows[0].get("device", "")) if rows else ""
         tags = {schema.KIND: kind, schema.tag("device"): device,
-                **{schema.tag(k): v for k, v in git_state().items()}}
+                **{schema.tag(k): v for k, v in (git or git_state()).items()}}
         about = (f"`suite bench{' --train' if kind == schema.BENCH_TRAIN else ''}` runs, one "
                  "per measurement, named by device. The rows are the table bench_table.json; "
                  "the metrics are median times per implementation and pass, with the sequence "

@@ -39,7 +39,9 @@ class StoreHome:
 
     @property
     def claims(self) -> Claims:
-        return Claims(self.claims_dir)
+        from . import settings
+
+        return Claims(self.claims_dir, timeout=settings.current().store.claim_timeout)
 
     def cell_dir(self, config_hash: str) -> Path:
         return self.checkpoints / config_hash
@@ -48,9 +50,11 @@ class StoreHome:
 def checkpoint_root(local_dir: Path | None) -> Path:
     """``$SUITE_CHECKPOINT_DIR``, else ``checkpoints/`` in the store's folder, else
     ``results/checkpoints`` (absolute)."""
-    env = os.environ.get("SUITE_CHECKPOINT_DIR")
-    if env:
-        return Path(env).resolve()
+    from . import settings
+
+    chosen = settings.current().store.checkpoint_dir
+    if chosen:
+        return Path(chosen).resolve()
     return (local_dir / "checkpoints" if local_dir else Path("results") / "checkpoints").resolve()
 
 

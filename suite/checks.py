@@ -71,9 +71,10 @@ def checkpoints(directory: Path | None = None, beside_store: bool = False) -> Pa
     """The checkpoint root (default: ``train.checkpoint_dir()``; a sweep's is its store's,
     ``suite.attempts.checkpoint_root``, beside an embedded store unless
     SUITE_CHECKPOINT_DIR is set)."""
+    from . import settings
     from .train import checkpoint_dir
 
-    if os.environ.get("SUITE_CHECKPOINT_DIR"):
+    if settings.current().store.checkpoint_dir:
         fix = "point SUITE_CHECKPOINT_DIR at a directory you can write to"
     elif beside_store:
         fix = ("checkpoints go beside the store: pass a --tracking-uri in a directory you can "
@@ -96,9 +97,9 @@ def profile(name: str | None) -> None:
 def git_commit() -> None:
     """A stated commit (``$SUITE_GIT_COMMIT``) is one (``StatedCommitError`` otherwise), or the
     sweep stops before any cell."""
-    from results.gitinfo import git_state
+    from . import settings
 
-    git_state()
+    settings.git_state()
 
 
 def cells(cells: Iterable, executor: str = "local") -> None:

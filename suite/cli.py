@@ -9,6 +9,7 @@ import sys
 import attentions
 from results.errors import StatedCommitError
 
+from . import settings
 from .profiles import PROFILES
 
 
@@ -49,6 +50,9 @@ def cmd_run(args) -> int:
     _plugins(args)
     from . import checks
     from .run import plan
+
+    profile_settings = settings.changed(settings.current(), PROFILES[args.profile].settings)
+    settings.use(settings.changed(profile_settings, args.settings or []))
 
     seeds = args.seeds if args.seeds is not None else PROFILES[args.profile].seeds
     cells = plan(args.attention, args.task, args.profile, seeds, args.device, args.backend,
@@ -111,7 +115,7 @@ def cmd_leaderboard(args) -> int:
 
     checks.profile(getattr(args, "profile", None))
     checks.results_dir()
-    return leaderboard_cmd(args)
+    return leaderboard_cmd(args, git=settings.git_state())
 
 
 def cmd_ui(args) -> int:
@@ -186,7 +190,8 @@ def cmd_bench_train(args) -> int:
         from results.schema import BENCH_TRAIN
         from results.speed import log_bench
 
-        run_id = log_bench(bench_train.long_rows(result), args.tracking_uri, kind=BENCH_TRAIN)
+        run_id = log_bench(bench_train.long_rows(result), args.tracking_uri, kind=BENCH_TRAIN,
+                           git=settings.git_state())
         print(f"logged: bench_train run {run_id}")
     return 0
 
@@ -247,7 +252,7 @@ def cmd_bench(args) -> int:
     if not args.no_log:
         from results.speed import log_bench
 
-        run_id = log_bench(rows, args.tracking_uri)
+        run_id = log_bench(rows, args.tracking_uri, git=settings.git_state())
         print(f"logged: bench run {run_id} (the leaderboard's speed table reads it)")
     return 0
 
@@ -294,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
                     help="seeds 0..N-1 per cell (default: the profile's; quick: 3)")
     sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sp.add_argument("--backend", default="auto", help="kernel backend: auto, torch, numba, ...")
+    sp.add_argument("--set", action="append", dest="settings", metavar="NAME=VALUE",
+                    help="a setting for this sweep (repeatable), over the SUITE_* environment "
+                    "and the profile's, e.g. --set triton.skip=1; a setting that can change a "
+                    "result enters the config hash (docs/settings.md)")
     sp.add_argument("--executor", default="local", choices=["local", "ray"])
     sp.add_argument("--jobs", type=int, default=None,
                     help="local executor: cells at once, each in a worker process (default: "
@@ -376,7 +385,9 @@ INTERRUPTED = {
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     restore = _terminate_as_interrupt()
+    before = settings.current() if settings.loaded() else None
     try:
+        settings.apply_environment()  # the SUITE_* variables, read once per command
         return args.func(args)
     except (attentions.SpecError, StatedCommitError) as err:
         print(f"suite: error: {err}", file=sys.stderr)
@@ -393,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         restore()
+        settings.restore(before)  # a caller in this process keeps its own settings
 
 
 def _terminate_as_interrupt():

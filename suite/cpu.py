@@ -16,7 +16,8 @@ picked on the out-of-distribution validation). On CPU the order depends on the m
   vector width: AVX-512 sums in other orders than AVX2): ``NUMBA_CPU_NAME=x86-64-v3`` with no
   extra features compiles them for AVX2 + FMA everywhere;
 - the number of threads (torch splits reductions by thread): a CPU cell runs with
-  ``SUITE_CPU_THREADS`` torch threads (default 1), whatever the machine's core count.
+  ``cpu.threads`` torch threads (``SUITE_CPU_THREADS``, default 1; ``suite.settings``),
+  whatever the machine's core count; another count is another config.
 
 ``pins()`` are set (where the user has not set them) by the ``suite`` command before torch or
 numba is imported, and given to the worker processes of a parallel sweep. They apply only
@@ -37,10 +38,6 @@ PINS = {
     "NUMBA_CPU_NAME": "x86-64-v3",
     "NUMBA_CPU_FEATURES": "",
 }
-#: torch threads of a CPU cell, unless SUITE_CPU_THREADS says otherwise
-THREADS = 1
-
-
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     info: dict[str, str] = {}
@@ -91,9 +88,10 @@ def apply(env: dict | None = None) -> dict[str, str]:
 
 
 def threads() -> int:
-    """The torch threads of a CPU cell: SUITE_CPU_THREADS, else 1."""
-    value = os.environ.get("SUITE_CPU_THREADS")
-    return max(1, int(value)) if value else THREADS
+    """The torch threads of a CPU cell: the setting ``cpu.threads`` (default 1)."""
+    from . import settings
+
+    return settings.current().step.cpu_threads
 
 
 def state() -> dict[str, str]:

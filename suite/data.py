@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -46,9 +45,11 @@ def max_width(task, probes: int = 4) -> int:
 
 
 def default_workers(device: torch.device) -> int:
-    env = os.environ.get("SUITE_DATA_WORKERS")
-    if env is not None:
-        return max(0, int(env))
+    from . import settings
+
+    workers = settings.current().step.data_workers
+    if workers is not None:
+        return workers
     return 3 if device.type == "cuda" else 0
 
 

@@ -3,7 +3,8 @@
 - ``code.suite``: the installed suite's sources that change a result: every module of
   ``attentions`` (variants, normalizers, kernels of every backend) and ``tasks`` (generators,
   metrics), and the pipeline's ``model``, ``train``, ``step``, ``data``, ``evaluate`` and
-  ``cpu`` (the pinned CPU numerics). A hash of the files' bytes, the same for a git checkout
+  ``cpu`` (the pinned CPU numerics) and ``settings`` (the defaults of the settings that change
+  a result). A hash of the files' bytes, the same for a git checkout
   and an installed wheel, clean or not; a change of any of them (a kernel fixed between two
   commits) is a new identity, a commit that touches none of them (the README) is not.
 - ``code.attention`` / ``code.task``: ``builtin`` for a variant or task of the suite's own
@@ -26,7 +27,7 @@ import attentions
 import tasks
 
 #: the pipeline modules (besides the attentions and tasks packages) that change a result
-PIPELINE = ("model.py", "train.py", "step.py", "data.py", "evaluate.py", "cpu.py")
+PIPELINE = ("model.py", "train.py", "step.py", "data.py", "evaluate.py", "cpu.py", "settings.py")
 BUILTIN = "builtin"
 DIGITS = 12
 

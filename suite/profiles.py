@@ -73,6 +73,10 @@ class Profile:
     pe: str = "nape"
     seeds: int = 1  # seeds per cell when `suite run` is given no --seeds
     resources: Mapping[str, Resources] = dataclasses.field(default_factory=lambda: RESOURCES)
+    #: ``NAME=VALUE`` settings (``suite.settings``) this profile trains with, over the
+    #: environment's and under ``suite run --set``; those that can change a result enter the
+    #: cells' config hash
+    settings: tuple[str, ...] = ()
 
     def for_task(self, task: str) -> tuple[Size, Budget]:
         return self.per_task.get(task, (self.size, self.budget))

@@ -16,6 +16,7 @@ import tasks
 from tasks.metrics import NONFINITE, summary
 
 from . import profiles as P
+from . import settings
 from .evaluate import evaluate
 from .identity import code_identity
 from .train import Cell, train
@@ -65,7 +66,8 @@ def plan(attention_specs, task_specs, profile: str, seeds: int, device: str,
     else:
         raise attentions.SpecError(f"--device {device!r}: use auto, cpu or cuda")
     code = {(a, t): tuple(code_identity(a, t).items()) for t in tsks for a in atts}
-    return [Cell(a, t, seed, prof, dev, backend, code[a, t]) for t in tsks for a in atts
+    chosen = settings.for_cell(settings.current(), dev)
+    return [Cell(a, t, seed, prof, dev, backend, code[a, t], chosen) for t in tsks for a in atts
             for seed in range(seeds)]
 
 
@@ -133,7 +135,6 @@ def _environment_tags(cell: Cell) -> dict[str, str]:
     """The cell's tags, with where it runs: device, git state, versions, MLflow's source, and
     on the CPU the settings that fix its numerics (``suite.cpu``); the kernel backend is tagged
     once the model is built, inside the run."""
-    from results.gitinfo import git_state
     from results.schema import cell_tags as tags
 
     from . import cpu
@@ -144,9 +145,10 @@ def _environment_tags(cell: Cell) -> dict[str, str]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    git = git_state()
+    git = settings.git_state()
     numerics = cpu.state() if cell.device == "cpu" else {}
-    where = tags({"device": device_name(cell.device), **numerics, **git}, versions)
+    where = tags({"device": device_name(cell.device), **numerics, **git,
+                  "settings": settings.tag(settings.current())}, versions)
     source = {"mlflow.source.name": "suite run", "mlflow.source.type": "LOCAL"}
     if git.get("git_commit", "unknown") != "unknown":
         source["mlflow.source.git.commit"] = git["git_commit"]
@@ -171,7 +173,13 @@ def describe_task(task) -> str:
 def run_cell(cell: Cell, tracker, progress: bool = True, ckpt_dir=None) -> dict:
     """Train, evaluate and log one cell; its run ends FINISHED, or FAILED with the error
     (KILLED on Ctrl-C): the run exists before anything that can fail. ``ckpt_dir``: the
-    cell's checkpoint folder in its store's home (``suite.attempts``)."""
+    cell's checkpoint folder in its store's home (``suite.attempts``). The cell's own settings
+    (``Cell.settings``) are in effect throughout, whatever this process's environment says."""
+    with settings.for_run(cell.settings):
+        return _run_cell(cell, tracker, progress, ckpt_dir)
+
+
+def _run_cell(cell: Cell, tracker, progress: bool, ckpt_dir) -> dict:
     from results.schema import metric_key, tag
     from tasks.metrics import headline, score
 

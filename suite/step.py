@@ -11,9 +11,9 @@ update) captured in a CUDA graph once per batch shape, after a few eager steps, 
 from then on: one launch per step instead of hundreds. The model is compiled with
 ``torch.compile`` before the capture (the fused kernels are ``torch.library`` operators and
 softmax with ALiBi is FlexAttention, so the model is one graph; compilation fuses the norms,
-activations and casts around the matmuls). ``SUITE_COMPILE=0`` and ``SUITE_CUDA_GRAPHS=0``
-turn either off. A model that does not compile, or a step whose capture fails, trains
-eagerly, with a warning.
+activations and casts around the matmuls). The settings ``step.compile`` and
+``step.cuda_graphs`` (``suite.settings``) turn either off. A model that does not compile, or a
+step whose capture fails, trains eagerly, with a warning.
 
 The loss stays on the device: ``flush()`` returns the losses of the steps since the last flush
 in one transfer, so the trainer reads them (and checks them for NaN, naming the step) every
@@ -22,20 +22,16 @@ few steps instead of waiting on every step.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from . import settings
+
 #: eager steps of a batch shape before its step is captured (allocator and optimizer state
 #: settle, compilation happens)
 WARMUP = 3
-
-
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value not in ("0", "", "false", "no")
 
 
 class Stepper:
@@ -51,10 +47,10 @@ class Stepper:
         else:
             self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.99),
                                          weight_decay=0.0)
-        if graphs is None:
-            graphs = _flag("SUITE_CUDA_GRAPHS", True)
+        step = settings.current().step
+        graphs = step.cuda_graphs if graphs is None else graphs
         self.graphs_on = bool(graphs) and self.cuda
-        compile = _flag("SUITE_COMPILE", True) if compile is None else compile
+        compile = step.compile if compile is None else compile
         self.forward = torch.compile(model) if (compile and self.cuda) else model
         self._primed: set[tuple] = set()  # batch shapes the compiled forward has met
         self._graphs: dict[tuple, tuple | None] = {}  # shape -> (graph, tokens, targets, loss)

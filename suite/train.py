@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,9 @@ from .version import __version__
 def checkpoint_dir() -> Path:
     """Where ``train`` keeps a cell's checkpoints when given no folder: $SUITE_CHECKPOINT_DIR,
     else results/checkpoints (a sweep gives its store's, ``suite.attempts``)."""
-    return Path(os.environ.get("SUITE_CHECKPOINT_DIR") or Path("results") / "checkpoints")
+    from . import settings
+
+    return Path(settings.current().store.checkpoint_dir or Path("results") / "checkpoints")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -60,6 +61,10 @@ class Cell:
     #: the code identity (``suite.identity.code_identity``) as (key, value) pairs, fixed when
     #: the sweep is planned; empty: read from the code loaded in this process
     code: tuple[tuple[str, str], ...] = ()
+    #: the settings that can change its result and differ from their defaults, as (name,
+    #: value) pairs (``suite.settings.for_cell``): part of its config, and in effect wherever
+    #: it is trained
+    settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def size_budget(self) -> tuple[Size, Budget]:
@@ -81,6 +86,7 @@ class Cell:
             **{f"model.{k}": v for k, v in dataclasses.asdict(size).items()},
             **{f"train.{k}": v for k, v in dataclasses.asdict(budget).items()},
             "suite_version": __version__, **self.code_identity(),
+            **{f"setting.{name}": value for name, value in self.settings},
         }
 
     @property
@@ -90,7 +96,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.attention} | {self.task} | seed {self.seed} | {self.profile.name}"
+        said = "".join(f" | {name}={value}" for name, value in self.settings)
+        return f"{self.attention} | {self.task} | seed {self.seed} | {self.profile.name}{said}"
 
     def eval_lengths(self) -> list[int]:
         _, budget = self.size_budget

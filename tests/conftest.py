@@ -26,6 +26,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _settings():
+    """Each test reads the suite's settings afresh (on first use, after what the test set in
+    the environment; ``settings.apply_environment()`` after a later change), and leaves
+    none behind."""
+    from suite import settings
+
+    settings.restore(None)
+    yield
+    settings.restore(None)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-12) -> float:
     """|a - b| / |b| in float64 on the CPU (``floor``: the smallest |b| divided by)."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from attentions import SpecError
 from results import claims as C
 
 from .conftest import ROOT
@@ -91,22 +92,40 @@ def test_a_reused_pid_is_not_its_claimant(tmp_path):
     assert claims.holder(KEY) == me  # the same pid and start: alive
 
 
-def test_a_claim_of_another_host_lives_by_its_heartbeat(tmp_path, monkeypatch):
-    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "600")
-    claims = C.Claims(tmp_path)
+def test_a_claim_of_another_host_lives_by_its_heartbeat(tmp_path):
+    claims = C.Claims(tmp_path, timeout=600)
     other = C.Holder("another-host", "another-boot", 1, "1", time.time(), "tok")
     claims._write(KEY, other)
     now = claims._fs_now()
     os.utime(claims.path(KEY), (now - 60, now - 60))  # a heartbeat a minute ago
     assert claims.holder(KEY) == other
     assert isinstance(claims.claim(KEY), C.Holder)
+    assert C.Claims(tmp_path, timeout=30).holder(KEY) is None  # a shorter timeout: dead
     os.utime(claims.path(KEY), (now - 3600, now - 3600))  # silent for an hour
     assert claims.holder(KEY) is None
     with claims.claim(KEY) as mine:
         assert mine.took_over == other
-    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="SUITE_CLAIM_TIMEOUT='soon': give a positive number"):
-        C.claim_timeout()
+    with pytest.raises(ValueError, match="claim timeout 0: give a positive number"):
+        C.Claims(tmp_path, timeout=0)
+
+
+def test_the_claim_timeout_setting_reaches_the_store_claims(tmp_path, monkeypatch):
+    """SUITE_CLAIM_TIMEOUT (the setting store.claim_timeout) is the timeout of a sweep's
+    claims; a bad value is refused with the variable and what it takes."""
+    from suite import settings
+    from suite.attempts import StoreHome
+
+    home = StoreHome("store-x", tmp_path / "claims", tmp_path / "ckpt")
+    monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "45")
+    settings.apply_environment()
+    try:
+        assert home.claims.timeout == 45.0
+        monkeypatch.setenv("SUITE_CLAIM_TIMEOUT", "soon")
+        with pytest.raises(SpecError, match="SUITE_CLAIM_TIMEOUT='soon': give a positive number"):
+            settings.apply_environment()
+    finally:
+        monkeypatch.delenv("SUITE_CLAIM_TIMEOUT")
+        settings.apply_environment()
 
 
 def test_release_leaves_a_claim_that_is_not_its_own(tmp_path):

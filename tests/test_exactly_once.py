@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from results.leaderboard import build
 from results.offline import JsonlTracker
 from results.offline import read as offline_read
+from suite import settings
 from suite.cli import main
 from suite.executors.local import sweep
 from suite.identity import source_files, suite_code, tree_code
@@ -48,6 +49,7 @@ from pathlib import Path
 import torch
 
 import attentions
+from suite import settings
 
 
 def _once(folder, name):
@@ -69,7 +71,7 @@ class KillsItsProcess(attentions.Attention):
         return attentions.Normalizer("softmax")
 
     def forward(self, q, k, v, x=None, bias=None, causal=True):
-        root = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+        root = Path(settings.current().store.checkpoint_dir)
         last = sorted(root.glob("store-*/*/last.pt"))
         if (root / "kill").exists() and last and not (root / "killed").exists():
             at = (root / "kill").read_text().strip()
@@ -305,7 +307,7 @@ import concurrent.futures as cf, multiprocessing, os, sys
 from suite.executors import pool
 if __name__ == "__main__":
     ex = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=pool._init, initargs=(os.getpid(), []))
+                                initializer=pool._init, initargs=(os.getpid(), [], {}, 1))
     assert ex.submit(int, 1).result() == 1  # the worker is up, and idle from here on
     (proc,) = ex._processes.values()
     proc.terminate()  # SIGTERM, as Workers.close sends it
@@ -405,6 +407,7 @@ import os
 from pathlib import Path
 
 import attentions
+from suite import settings
 
 
 @attentions.register("fails_once_test")
@@ -415,7 +418,7 @@ class FailsOnce(attentions.Attention):
         return attentions.Normalizer("softmax")
 
     def forward(self, q, k, v, x=None, bias=None, causal=True):
-        root = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+        root = Path(settings.current().store.checkpoint_dir)
         if list(root.glob("store-*/*/last.pt")) and not (root / "failed").exists():
             (root / "failed").touch()
             raise RuntimeError("a fault after the first checkpoint")
@@ -432,6 +435,7 @@ def test_a_fresh_store_trains_from_step_0(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "shared-ckpt"
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(ckpt))
+    settings.apply_environment()
     plugin = tmp_path / "flaky.py"
     plugin.write_text(FLAKY)
     a, b = f"sqlite:///{tmp_path}/a/mlflow.db", f"sqlite:///{tmp_path}/b/mlflow.db"

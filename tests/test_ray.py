@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from results.schema import HASH  # noqa: E402
 from results.ui import free_port  # noqa: E402
+from suite import settings  # noqa: E402
 from suite.executors.local import sweep  # noqa: E402
 from suite.executors.ray import sweep_ray  # noqa: E402
 from suite.run import plan  # noqa: E402
@@ -52,12 +53,13 @@ import time
 from pathlib import Path
 
 import attentions
+from suite import settings
 
 
 def _after_first_checkpoint(role):
     """True exactly once: in the victim cell (named by <ckpt>/<role>), after its first
     checkpoint is written."""
-    ckpt = Path(os.environ["SUITE_CHECKPOINT_DIR"])
+    ckpt = Path(settings.current().store.checkpoint_dir)
     victim = (ckpt / role).read_text().strip()
     if not any(ckpt.glob(f"*/{victim}/last.pt")):  # <root>/<store id>/<config hash>/
         return False
@@ -91,7 +93,7 @@ class StallsAfterCheckpoint(attentions.Attention):
 
     def forward(self, q, k, v, x=None, bias=None, causal=True):
         if _after_first_checkpoint("stall-victim"):
-            Path(os.environ["SUITE_CHECKPOINT_DIR"], "stalled").touch()
+            Path(settings.current().store.checkpoint_dir, "stalled").touch()
             time.sleep(600)  # the test kills this process long before
         return super().forward(q, k, v, x=x, bias=bias, causal=causal)
 '''
@@ -266,6 +268,7 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
     cells = plan(["softmax", "entmax:alpha=1.5"], None, "smoke", 1, "cpu")
     local, remote = f"sqlite:///{tmp_path}/local.db", f"sqlite:///{tmp_path}/ray.db"
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt-local"))
+    settings.apply_environment()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a Ray cell's CPU share: 1 CPU, 1 thread
     try:
@@ -273,6 +276,7 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", "ckpt-ray")  # relative: made absolute
+    settings.apply_environment()
     out = io.StringIO()
     assert sweep_ray(cells, remote, cluster.address, progress=False, out=out) == 0
     text = out.getvalue()
@@ -308,6 +312,7 @@ def test_killed_worker_is_retried_and_resumes(cluster, tmp_path, monkeypatch, fa
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "ckpt"
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(ckpt))
+    settings.apply_environment()
     cells = plan(["softmax", "kill_ray_test"], None, "smoke", 1, "cpu", steps=STEPS)
     victim = cells[1]
     ckpt.mkdir()
@@ -406,6 +411,7 @@ import os
 from pathlib import Path
 
 import attentions
+from suite import settings
 
 
 @attentions.register("nan_attention_ray_test")
@@ -417,7 +423,7 @@ def nan_attention(q, k, v, *, causal, bias):
 @attentions.register("flaky_attention_ray_test")
 def flaky_attention(q, k, v, *, causal, bias):
     """fails on its first call in the whole sweep (a marker file remembers), then is plain."""
-    marker = Path(os.environ["SUITE_CHECKPOINT_DIR"]) / "flaky-failed-once"
+    marker = Path(settings.current().store.checkpoint_dir) / "flaky-failed-once"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -431,6 +437,7 @@ def test_exceptions_are_retried_then_recorded_failed(cluster, tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    settings.apply_environment()
     plugin = tmp_path / "faulty_plugin.py"
     plugin.write_text(PLUGIN)
     load_plugin(str(plugin))  # as `suite run --plugin` does; workers load the same file
@@ -471,6 +478,7 @@ def test_a_cell_another_process_holds_is_waited_for(cluster, tmp_path, monkeypat
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     monkeypatch.setenv("SUITE_TEST_GATE", str(gate))
+    settings.apply_environment()
     holder = Suite(["run", "--profile", "smoke", "--attention", "gate_test", "--plugin",
                     str(plugin), "--tracking-uri", uri, "--no-progress"], tmp_path,
                    environment())

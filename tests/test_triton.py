@@ -7,6 +7,7 @@ torch backend in float64 and dense float64 attention built on the ``entmax`` pac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -21,7 +22,7 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
                 allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from attentions import Alibi, Normalizer, nape_slopes  # noqa: E402
+from attentions import Alibi, Normalizer, knobs, nape_slopes  # noqa: E402
 from attentions.backends import torch_backend  # noqa: E402
 from attentions.backends import triton_backend as TB  # noqa: E402
 
@@ -32,9 +33,16 @@ DEV = "cuda" if CUDA else "cpu"
 
 
 @pytest.fixture(autouse=True)
-def _fused_backward(monkeypatch):
-    """Test the fused backward kernels themselves, whatever the environment says."""
-    monkeypatch.setenv("SUITE_TRITON_FUSED_BACKWARD", "1")
+def knob():
+    """Set kernel knobs for one test (``knob(triton_skip=True)``); the defaults before and after
+    each test, so the fused backward kernels themselves are tested whatever ran before."""
+    before = knobs.configure(knobs.DEFAULT)
+
+    def set_(**changes):
+        knobs.configure(dataclasses.replace(knobs.current(), **changes))
+
+    yield set_
+    knobs.configure(before)
 
 
 def inputs(B, H, T, D, dtype=torch.float32, S=None, scale=1.0, seed=0):
@@ -82,10 +90,10 @@ def float32_cases():
 
 @pytest.mark.parametrize("skip", ["0", "1"])
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_tile_skipping_either_way_gives_the_same_function(monkeypatch, skip, alpha):
-    """Both code paths of SUITE_TRITON_SKIP (test each tile for support or not), forward and
+def test_tile_skipping_either_way_gives_the_same_function(knob, skip, alpha):
+    """Both code paths of the knob triton_skip (test each tile for support or not), forward and
     backward, with ALiBi slopes steep enough that far tiles are empty."""
-    monkeypatch.setenv("SUITE_TRITON_SKIP", skip)
+    knob(triton_skip=skip == "1")
     T = 100
     q, k, v = inputs(1, 2, T, 16, scale=2.0, seed=3)
     bias = Alibi(torch.tensor([0.0, 2.0], device=DEV))
@@ -99,8 +107,8 @@ def test_tile_skipping_either_way_gives_the_same_function(monkeypatch, skip, alp
 
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 @pytest.mark.parametrize("causal,alibi,T,S", [(True, True, 20, 45), (False, False, 37, 23)])
-def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, alibi, T, S):
-    """The backward's delta every way (SUITE_TRITON_DELTA_IN_DQ): from O2 kept by the
+def test_delta_from_o2_or_found_in_the_dq_kernel(knob, alpha, causal, alibi, T, S):
+    """The backward's delta every way (the knob triton_delta_in_dq): from O2 kept by the
     forward (0), or summed inside the dQ kernel from the output alone, its row sums on the ALU
     (1) or the tensor cores (2): float64 parity each."""
     q, k, v = inputs(1, 2, T, 16, S=S, scale=3.0, seed=T + 2 * S)
@@ -108,7 +116,7 @@ def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, ali
     g = torch.randn(1, 2, T, 16, generator=torch.Generator().manual_seed(9)).to(DEV)
     yr, gr = ref64(q, k, v, alpha, causal, bias, g)
     for flag in ("0", "1", "2"):
-        monkeypatch.setenv("SUITE_TRITON_DELTA_IN_DQ", flag)
+        knob(triton_delta_in_dq=int(flag))
         assert TB.delta_in_dq() == (flag != "0")
         assert TB._delta_mode(not TB.delta_in_dq(), S) == int(flag)
         y, grads = run(q, k, v, alpha, causal, bias, g)
@@ -118,30 +126,28 @@ def test_delta_from_o2_or_found_in_the_dq_kernel(monkeypatch, alpha, causal, ali
             assert rel(got, want, floor=1e-3) < 5e-5, flag
 
 
-def test_alibi_window_policy(monkeypatch):
+def test_alibi_window_policy(knob):
     """By default the window runs for causal ALiBi rows longer than SHORT_ROWS keys."""
-    monkeypatch.delenv("SUITE_TRITON_WINDOW", raising=False)
     n = TB.SHORT_ROWS
     assert TB.alibi_window(True, True, n + 1) and not TB.alibi_window(True, True, n)
     assert not TB.alibi_window(False, True, 4 * n) and not TB.alibi_window(True, False, 4 * n)
     assert not TB.alibi_window(True, True, 4 * n, tiled=False)
-    monkeypatch.setenv("SUITE_TRITON_WINDOW", "0")
+    knob(triton_window=False)
     assert not TB.alibi_window(True, True, 4 * n)
-    monkeypatch.setenv("SUITE_TRITON_WINDOW", "1")
+    knob(triton_window=True)
     assert TB.alibi_window(True, True, 2)
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
 @pytest.mark.parametrize("T,S", [(90, 90), (61, 97)])
-def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
+def test_alibi_window_skips_only_keys_without_weight(knob, alpha, T, S):
     """Causal ALiBi with steep slopes: the kernels visit only the key tiles that can hold
-    weight (SUITE_TRITON_WINDOW=1: the forward and dQ start late, dK/dV stops early) or every
+    weight (triton_window on: the forward and dQ start late, dK/dV stops early) or every
     tile (0); both match the float64 reference with gradients. The inputs are such that the
     bound does skip: rows of the last block reach back fewer keys than they see. (By default
     the window runs for rows longer than SHORT_ROWS; here it is forced on.)"""
     if not CUDA:
-        for kind in ("FWD", "DKDV", "DQ"):
-            monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
+        knob(**{f"triton_blocks_{kind}": (16, 16, 1, 1) for kind in ("fwd", "dkdv", "dq")})
     q, k, v = inputs(1, 3, T, 16, S=S, scale=2.0, seed=T + S)
     slopes = torch.tensor([1.0, 0.25, 0.0], device=DEV)
     bias = Alibi(slopes)
@@ -157,7 +163,7 @@ def test_alibi_window_skips_only_keys_without_weight(monkeypatch, alpha, T, S):
     g = torch.randn(1, 3, T, 16, generator=torch.Generator().manual_seed(2)).to(DEV)
     yr, gr = ref64(q, k, v, alpha, True, bias, g)
     for flag in ("1", "0"):
-        monkeypatch.setenv("SUITE_TRITON_WINDOW", flag)
+        knob(triton_window=flag == "1")
         assert TB.alibi_window(True, True, S) == (flag == "1")
         y, grads = run(q, k, v, alpha, True, bias, g)
         assert rel(y, yr) < 2e-5, flag
@@ -187,7 +193,7 @@ def test_float32_forward_and_gradients(alpha, causal, alibi, T, S):
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("causal,alibi,T,S", [(True, True, 20, 45), (False, False, 37, 23),
                                               (True, False, 30, 31)])
-def test_one_tile_forward_matches_the_tiled_one_and_float64(monkeypatch, alpha, causal, alibi,
+def test_one_tile_forward_matches_the_tiled_one_and_float64(knob, alpha, causal, alibi,
                                                             T, S):
     """The forward that keeps all keys of a row in one tile (short rows) and the tiled one:
     both at float64 parity, gradients included (causal with S > T: rows see keys ahead)."""
@@ -197,7 +203,9 @@ def test_one_tile_forward_matches_the_tiled_one_and_float64(monkeypatch, alpha, 
     yr, gr = ref64(q, k, v, alpha, causal, bias, g)
     outs = {}
     for limit in ("64", "0"):  # 64: one tile for these rows; 0: the tiled forward
-        monkeypatch.setenv("SUITE_TRITON_ONE_TILE", limit)
+        knob(triton_one_tile=int(limit))
+        assert (TB._one_tile_blocks(S, 16, DEV) is not None) == (limit != "0")
+        knob(triton_blocks_fwd=(16, 16, 1, 1))  # the tiled forward's blocks: one tile stays
         assert (TB._one_tile_blocks(S, 16, DEV) is not None) == (limit != "0")
         y, grads = run(q, k, v, alpha, causal, bias, g)
         assert rel(y, yr) < 2e-5, limit
@@ -218,10 +226,9 @@ def test_single_token(alpha, causal):
     torch.testing.assert_close(dv, g)
 
 
-def test_rows_on_simplex_with_exact_zeros(monkeypatch):
+def test_rows_on_simplex_with_exact_zeros(knob):
     if not CUDA:  # several tiles per row in the interpreter too
-        for kind in ("FWD", "DKDV", "DQ"):
-            monkeypatch.setenv(f"SUITE_TRITON_BLOCKS_{kind}", "16,16,1,1")
+        knob(**{f"triton_blocks_{kind}": (16, 16, 1, 1) for kind in ("fwd", "dkdv", "dq")})
     T = 40
     q, k, _ = inputs(1, 2, T, 40, scale=3.0)
     eye = torch.eye(T, device=DEV).expand(1, 2, T, T).contiguous()
@@ -288,14 +295,14 @@ def test_cuda_head_dims_fwd_bwd(D, dtype, causal):
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA only")
-def test_auto_picks_triton_on_cuda_unless_opted_out(monkeypatch):
+def test_auto_picks_triton_on_cuda_unless_opted_out(knob):
     from attentions.backends import resolve
 
     mod = resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda"),
                   Alibi(torch.ones(2, device="cuda")))
     assert mod.NAME == "triton"
     assert resolve("auto", Normalizer("softmax"), torch.device("cuda")).NAME != "triton"
-    monkeypatch.setenv("SUITE_TRITON_AUTO", "0")
+    knob(triton_auto=False)
     assert resolve("auto", Normalizer("entmax", alpha=1.5), torch.device("cuda")).NAME == "torch"
 
 

@@ -30,11 +30,12 @@ import os
 import numpy as np
 import torch
 
+from .. import knobs
 from ..normalizer import Alibi, Normalizer
 
 NAME = "numba"
 
-#: elements of one score block (override: SUITE_NUMBA_CHUNK_ELEMS)
+#: elements of one score block (override: the knob ``numba_chunk_elems``)
 CHUNK_ELEMS = 1 << 22
 #: most query rows per block: causal blocks compute their upper triangle for nothing
 MAX_ROWS = 128
@@ -97,7 +98,7 @@ def _kind(norm: Normalizer) -> int:
 
 def chunk_rows(S: int, T: int) -> int:
     """Query rows per work item: at most MAX_ROWS, and a score block of CHUNK_ELEMS."""
-    budget = int(os.environ.get("SUITE_NUMBA_CHUNK_ELEMS", CHUNK_ELEMS))
+    budget = knobs.current().numba_chunk_elems or CHUNK_ELEMS
     return max(1, min(MAX_ROWS, T, budget // max(1, S + BLK)))
 
 

@@ -15,17 +15,17 @@ input dtype accumulate in float32) and float64 for float64 inputs.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
+from .. import knobs
 from ..normalizer import Alibi, Normalizer
 from . import torch_normalizers as N
 
 NAME = "torch"
 
-#: elements of the score chunk, per device type (override: SUITE_TORCH_CHUNK_ELEMS)
+#: elements of the score chunk, per device type (override: the knob ``torch_chunk_elems``)
 CHUNK_ELEMS = {"cuda": 1 << 27, "cpu": 1 << 24}
 #: on CPU, float32 softmax and top-k with at most this many scores per head (T x S) run as one
 #: SDPA call with the bias, the causal mask and the top-k cut in a float mask (H x T x S):
@@ -66,7 +66,7 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
 
 
 def chunk_rows(B: int, H: int, S: int, device: torch.device) -> int:
-    budget = int(os.environ.get("SUITE_TORCH_CHUNK_ELEMS", CHUNK_ELEMS.get(device.type, 1 << 24)))
+    budget = knobs.current().torch_chunk_elems or CHUNK_ELEMS.get(device.type, 1 << 24)
     return max(1, budget // max(1, B * H * S))
 
 
@@ -156,13 +156,13 @@ def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_s
         if not causal or T == S:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
     if masked_sdpa(norm, q.device, bias, T, S, q.dtype, causal):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q, k, norm, causal, bias,
-                                                                       sm_scale), scale=sm_scale)
+        mask = sdpa_mask(q, k, norm, causal, bias, sm_scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sm_scale)
     return ChunkedAttention.apply(q, k, v, norm, causal, bias, sm_scale)
 
 
 @torch.no_grad()
-def _mask(q, k, norm, causal, bias, sm_scale) -> torch.Tensor:
+def sdpa_mask(q, k, norm, causal, bias, sm_scale) -> torch.Tensor:
     """The float mask of ``attention``'s SDPA path: bias, -inf on future keys and, for top-k,
     on the keys below each row's k-th largest score. (1 or B, H, T, S)."""
     T, S = q.shape[2], k.shape[2]

@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from .. import knobs
 from ..normalizer import Alibi, Normalizer
 from . import torch_backend
 
@@ -62,8 +63,8 @@ def supports(norm: Normalizer, device, bias=None) -> bool:
 
 def preferred(norm: Normalizer, device, bias=None, size=None) -> bool:
     """Whether ``auto`` takes the kernels: on CUDA for the entmax family (no dense bias), never
-    the CPU interpreter. SUITE_TRITON_AUTO=0 keeps ``auto`` on the torch backend."""
-    return (os.environ.get("SUITE_TRITON_AUTO", "1") != "0" and supports(norm, device, bias)
+    the CPU interpreter. The knob ``triton_auto`` off keeps ``auto`` on the torch backend."""
+    return (knobs.current().triton_auto and supports(norm, device, bias)
             and torch.device(device).type == "cuda")
 
 
@@ -90,16 +91,15 @@ TAU_TOL = (1e-5, 1e-6)
 def tau_passes(alpha: float, dtype: torch.dtype) -> tuple[int, int]:
     """(threshold passes every query block takes after the max pass, at most this many more
     for the blocks that iterate to convergence: rows seeing <= EXTRA_BELOW_TILES key tiles, and
-    every block for generic alpha). Override: SUITE_TRITON_TAU_PASSES='n,extra'.
+    every block for generic alpha). Override: the knob ``triton_tau_passes`` (n, extra).
 
     alpha = 1.5 from the top-tile-maxima start: once rows see > 32 tiles, one pass leaves tau
     exact for most rows and within ~1e-3 for the rest (simulated on Gaussian rows), two make it
     exact; shorter rows start rougher and iterate until the error estimate is below TAU_TOL.
     fp32 inputs take enough passes for float32 parity."""
-    env = os.environ.get("SUITE_TRITON_TAU_PASSES")
-    if env:
-        n, extra = (int(x) for x in env.split(","))
-        return n, extra
+    forced = knobs.current().triton_tau_passes
+    if forced is not None:
+        return forced
     low = dtype in (torch.float16, torch.bfloat16)
     table = {0: ((1, 6), (3, 6)), 1: ((2, 6), (4, 6)), 2: ((2, 12), (3, 16))}
     return table[_mode(alpha)][0 if low else 1]
@@ -110,22 +110,20 @@ def skip_empty_tiles(has_alibi: bool, backward: bool = False) -> bool:
     block-wide reduction, a barrier per tile, and nearly every tile of Gaussian inputs holds
     support, so the forward does not test (it was faster without, NAPE included); the
     backward tests with ALiBi only. The measurements: TRITON_NOTES.md, "Forward" item 4 and
-    "Measured". SUITE_TRITON_SKIP=0/1 forces either way for both."""
-    env = os.environ.get("SUITE_TRITON_SKIP")
-    if env is not None:
-        return env != "0"
+    "Measured". The knob ``triton_skip`` forces either way for both."""
+    forced = knobs.current().triton_skip
+    if forced is not None:
+        return forced
     return backward and has_alibi
 
 
 def _blocks(kind: str, D: int, device, dtype=torch.bfloat16,
             length: int | None = None) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel for rows of up to ``length`` keys
-    (None: long rows); SUITE_TRITON_BLOCKS_<KIND> = 'M,N,warps,stages' overrides (kind: FWD,
-    DKDV, DQ)."""
-    env = os.environ.get(f"SUITE_TRITON_BLOCKS_{kind.upper()}")
-    if env:
-        m, n, w, s = (int(x) for x in env.split(","))
-        return m, n, w, s
+    (None: long rows); the knob ``triton_blocks_<kind>`` (kind: fwd, dkdv, dq) overrides."""
+    forced = getattr(knobs.current(), f"triton_blocks_{kind}")
+    if forced is not None:
+        return forced
     if torch.device(device).type != "cuda":  # the interpreter: few, small programs
         return 32, 32, 1, 1
     big = D > 64
@@ -180,13 +178,12 @@ def _one_tile_blocks(S: int, D: int, device) -> tuple[int, int, int, int] | None
     S keys, else None. At training lengths a row sees a few key tiles, and the tiled forward
     recomputes QK^T and reloads K on every threshold pass (up to 7 at such lengths); with all
     keys in one tile the scores are computed once and the threshold iterates on registers.
-    SUITE_TRITON_ONE_TILE = the largest S that takes it (0: never); an explicit
-    SUITE_TRITON_BLOCKS_FWD keeps the tiled forward."""
-    if os.environ.get("SUITE_TRITON_BLOCKS_FWD"):
-        return None
+    The knob ``triton_one_tile`` = the largest S that takes it (0: never). The tiled forward's
+    blocks (``triton_blocks_fwd``) do not turn it off: rows short enough for one tile take it
+    unless ``triton_one_tile`` says otherwise."""
     cuda = torch.device(device).type == "cuda"
-    env = os.environ.get("SUITE_TRITON_ONE_TILE")
-    limit = int(env) if env else (ONE_TILE_KEYS if cuda else 32)
+    forced = knobs.current().triton_one_tile
+    limit = forced if forced is not None else (ONE_TILE_KEYS if cuda else 32)
     if S > limit or D > 64:
         return None
     bn = max(16, triton_next_pow2(S))
@@ -218,10 +215,10 @@ def alibi_window(has_alibi: bool, causal: bool, S: int, tiled: bool = True) -> b
     tile). The bound is exact: c1 q.k <= c1 |q| max |k|, and a key whose bound lies below the
     row max - 1 (backward: mx + tau) has zero weight, as tau >= max - 1; see
     ``triton_kernels._window_start``. It costs a pass over K for the key norms, so it runs
-    for rows longer than SHORT_ROWS (training lengths see a few tiles). SUITE_TRITON_WINDOW=0
-    never, 1 at every length."""
-    env = os.environ.get("SUITE_TRITON_WINDOW", "")
-    on = S > SHORT_ROWS if env not in ("0", "1") else env == "1"
+    for rows longer than SHORT_ROWS (training lengths see a few tiles). The knob
+    ``triton_window``: False never, True at every length."""
+    forced = knobs.current().triton_window
+    on = S > SHORT_ROWS if forced is None else forced
     return has_alibi and causal and tiled and on
 
 
@@ -264,19 +261,20 @@ def delta_in_dq() -> bool:
     """Whether the backward finds delta_i = sum_j U_ij dP_ij / sum_j U_ij inside the dQ kernel
     (default) instead of from O2 = U V / sum U kept by the forward: the training forward then
     runs as the inference one (no second P V product, no O2 store), and the dQ kernel carries
-    one more product (u K) and the row sums of u and u (dP - d0). SUITE_TRITON_DELTA_IN_DQ=0:
-    O2; 1 or 2: the row sums on the ALU (1) or the tensor cores (2, as u 1 and u V) whatever
-    the length (default: 2 for long rows, 1 up to SHORT_ROWS keys; TRITON_NOTES.md)."""
-    return os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "") != "0"
+    one more product (u K) and the row sums of u and u (dP - d0). The knob
+    ``triton_delta_in_dq``: 0, O2; 1 or 2: the row sums on the ALU (1) or the tensor cores (2,
+    as u 1 and u V) whatever the length (default: 2 for long rows, 1 up to SHORT_ROWS keys;
+    TRITON_NOTES.md)."""
+    return knobs.current().triton_delta_in_dq != 0
 
 
 def _delta_mode(exact: bool, S: int) -> int:
     """The dQ kernel's DELTA: 0 reads delta (O2 kept), 1 or 2 finds it (``delta_in_dq``)."""
     if exact:
         return 0
-    env = os.environ.get("SUITE_TRITON_DELTA_IN_DQ", "")
-    if env in ("1", "2"):
-        return int(env)
+    forced = knobs.current().triton_delta_in_dq
+    if forced in (1, 2):
+        return forced
     return 1 if S <= SHORT_ROWS else 2
 
 
@@ -388,11 +386,11 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def fused_backward() -> bool:
     """Whether a call that needs gradients runs the fused backward kernels (default: yes;
-    SUITE_TRITON_FUSED_BACKWARD=0 sends such calls to the torch backend instead).
+    the knob ``triton_fused_backward`` off sends such calls to the torch backend instead).
 
     float32 runs the backward with one pipeline stage (``_blocks``): with two, the float32 dq
     kernel returned wrong gradients on an H100 with triton 3.6.0."""
-    return os.environ.get("SUITE_TRITON_FUSED_BACKWARD", "1") != "0"
+    return knobs.current().triton_fused_backward
 
 
 def attention(q, k, v, *, norm: Normalizer, causal: bool = True, bias=None, sm_scale=None):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -185,8 +184,12 @@ DKDV_CFGS = ["64,128,8,2", "64,64,4,2", "32,128,4,2", "64,128,8,3", "32,64,4,2",
 DQ_CFGS = ["128,64,8,2", "64,64,4,2", "128,32,8,2", "64,32,4,2", "128,64,4,3", "64,64,4,3"]
 
 
-def _timed_with(env_key, cfg, fn):
-    return _with_env({env_key: cfg}, fn)
+def _blocks(kind: str, cfg: str) -> dict:
+    """The knobs that set one kernel's blocks ('M,N,warps,stages'); a forward block set runs
+    the tiled forward (the one-tile forward off)."""
+    blocks = tuple(int(x) for x in cfg.split(","))
+    extra = {"triton_one_tile": 0} if kind == "fwd" else {}
+    return {f"triton_blocks_{kind}": blocks, **extra}
 
 
 def _sweep_one(T):
@@ -198,7 +201,7 @@ def _sweep_one(T):
     q, k, v = _inputs(2, T, torch.bfloat16, False)
     with torch.no_grad():
         for cfg in FWD_CFGS:
-            ms = _timed_with("SUITE_TRITON_BLOCKS_FWD", cfg, lambda: fn(q, k, v))
+            ms = _with_knobs(_blocks("fwd", cfg), lambda: fn(q, k, v))
             out.append({"kernel": "fwd", "cfg": cfg, "T": T, "ms": ms})
             print(out[-1], flush=True)
         exact = not TB.delta_in_dq()  # the backward training runs: O2 kept, or delta in dQ
@@ -207,7 +210,7 @@ def _sweep_one(T):
         g = torch.randn_like(q)
         for kind, cfgs in (("dkdv", DKDV_CFGS), ("dq", DQ_CFGS)):
             for cfg in cfgs:
-                ms = _timed_with(f"SUITE_TRITON_BLOCKS_{kind.upper()}", cfg, lambda: TB.backward(
+                ms = _with_knobs(_blocks(kind, cfg), lambda: TB.backward(
                     q, k, v, kept, stats, g, 1.5, True, None, sm, exact=exact))
                 out.append({"kernel": f"bwd ({kind} varied)", "cfg": cfg, "T": T, "ms": ms})
                 print(out[-1], flush=True)
@@ -215,7 +218,7 @@ def _sweep_one(T):
 
 
 def sweep(lengths=(4096, 16384)):
-    """Times our alpha=1.5 kernels under a few block configurations (env overrides)."""
+    """Times our alpha=1.5 kernels under a few block configurations (kernel knobs)."""
     out = []
     for T in lengths:
         out += _sweep_one(T)
@@ -223,31 +226,26 @@ def sweep(lengths=(4096, 16384)):
     return out
 
 
-PASS_VARIANTS = {  # label: environment for the forward of ours (alpha=1.5)
+PASS_VARIANTS = {  # label: kernel knobs for the forward of ours (alpha=1.5)
     "default": {},
-    "max+output (no threshold pass)": {"SUITE_TRITON_TAU_PASSES": "0,0"},
-    "1 threshold pass": {"SUITE_TRITON_TAU_PASSES": "1,0"},
-    "2 threshold passes": {"SUITE_TRITON_TAU_PASSES": "2,0"},
-    "with tile skipping": {"SUITE_TRITON_SKIP": "1"},  # the default forward does not skip
+    "max+output (no threshold pass)": {"triton_tau_passes": (0, 0)},
+    "1 threshold pass": {"triton_tau_passes": (1, 0)},
+    "2 threshold passes": {"triton_tau_passes": (2, 0)},
+    "with tile skipping": {"triton_skip": True},  # the default forward does not skip
 }
 
 
-def _with_env(env, fn, timer=None):
-    """``fn`` timed (by ``timer``, default ``_bench``) under the environment ``env``, after one
-    untimed call; a failure is returned as its message."""
-    old = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        fn()
-        return (timer or _bench)(fn)
-    except Exception as err:
-        return f"{type(err).__name__}: {str(err)[:200]}"
-    finally:
-        for key, val in old.items():
-            if val is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = val
+def _with_knobs(changes: dict, fn, timer=None):
+    """``fn`` timed (by ``timer``, default ``_bench``) with the kernel knobs ``changes``
+    (``attentions.knobs``), after one untimed call; a failure is returned as its message."""
+    from attentions import knobs
+
+    with knobs.using(**changes):
+        try:
+            fn()
+            return (timer or _bench)(fn)
+        except Exception as err:
+            return f"{type(err).__name__}: {str(err)[:200]}"
 
 
 def _passes_at(T, fn):
@@ -256,7 +254,7 @@ def _passes_at(T, fn):
     with torch.no_grad():
         for label, env in {"sdpa": None, **PASS_VARIANTS}.items():
             call = (lambda: _sdpa(q, k, v)) if env is None else (lambda: fn(q, k, v))
-            out.append({"variant": label, "T": T, "ms": _with_env(env or {}, call)})
+            out.append({"variant": label, "T": T, "ms": _with_knobs(env or {}, call)})
             print(out[-1], flush=True)
     return out
 
@@ -315,7 +313,7 @@ def train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
         # softmax+NAPE as SDPA with a dense float mask (bias and causality, built in the call
         # as the torch backend builds it on the CPU): the other candidate for training lengths
         fns["sdpa_dense_nape"] = lambda q, k, v, b=bias, n=soft: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=torch_backend._mask(q, k, n, True, b, q.shape[-1] ** -0.5))
+            q, k, v, attn_mask=torch_backend.sdpa_mask(q, k, n, True, b, q.shape[-1] ** -0.5))
         fns["triton_entmax15_nape"] = lambda q, k, v, b=bias, n=ent: TB.attention(
             q, k, v, norm=n, bias=b)
         fns["torch_entmax15"] = lambda q, k, v, n=ent: torch_backend.attention(q, k, v, norm=n)
@@ -356,8 +354,9 @@ SHORT_FWD_CFGS = ["128,64,4,3", "64,64,4,3", "64,64,4,2", "64,32,4,2", "32,64,4,
 def sweep_train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
     """Block configurations of our alpha=1.5 kernels at training shapes: forward+backward
     replayed from a CUDA graph (as the training step runs it), one kernel's blocks varied at a
-    time (SUITE_TRITON_BLOCKS_<KIND>; a forward block set so runs the tiled forward, where the
-    default takes the one-tile forward for rows of up to 128 keys), the others at their
+    time (the knob triton_blocks_<kind>; a forward block set so runs the tiled forward, with
+    the one-tile forward off, where the default takes it for rows of up to 128 keys), the
+    others at their
     default; "default" rows first."""
     from attentions.backends import triton_backend as TB
     from attentions.normalizer import Normalizer
@@ -376,9 +375,9 @@ def sweep_train_shapes(shapes=TRAIN_SHAPES) -> list[dict]:
         tried = [("default", None)] + [(kind, cfg) for kind, cfgs in (
             ("fwd", SHORT_FWD_CFGS), ("dkdv", DKDV_CFGS), ("dq", DQ_CFGS)) for cfg in cfgs]
         for kind, cfg in tried:
-            env = {} if cfg is None else {f"SUITE_TRITON_BLOCKS_{kind.upper()}": cfg}
+            changes = {} if cfg is None else _blocks(kind, cfg)
             row = {"B": B, "H": Hh, "T": T, "D": Dh, "kernel": kind, "cfg": cfg}
-            ms = _with_env(env, step, _graphed)
+            ms = _with_knobs(changes, step, _graphed)
             row["error" if isinstance(ms, str) else "fwdbwd_graph_ms"] = ms
             out.append(row)
             print(json.dumps(row), flush=True)
@@ -433,9 +432,9 @@ def environment():
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
            "gpu": torch.cuda.get_device_name(), "python": platform.python_version(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from results.gitinfo import git_state
+    from .. import settings
 
-    env.update(git_state())  # the code timed
+    env.update(settings.git_state())  # the code timed
     try:
         from importlib.metadata import version
 

@@ -32,9 +32,9 @@ import time
 import torch
 
 import tasks
-from results.gitinfo import git_state
 
 from .. import profiles as P
+from .. import settings
 from ..data import Batches
 from ..run import kernel_backend
 from ..step import Stepper
@@ -176,7 +176,7 @@ def run(task_specs, attention_specs, profile: str | None, device: str, steps: in
     env = {"device": torch.cuda.get_device_name() if dev.type == "cuda"
            else platform.processor() or "cpu", "torch": torch.__version__,
            "peak_tflops": peak, "profile": profile, "steps": steps, "warmup": warmup,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), **git_state()}  # the code timed
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), **settings.git_state()}  # the code timed
     result = {"kind": "train", "env": env, "rows": rows, "packing": packing}
     env["backend"] = backend
     for task_spec in task_specs:

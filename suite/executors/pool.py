@@ -34,22 +34,23 @@ if TYPE_CHECKING:
     from ..train import Cell
 
 
-def _init(parent: int, plugins: list[str]) -> None:
+def _init(parent: int, plugins: list[str], environ: dict[str, str], threads: int) -> None:
     """A worker's start, before torch is imported: a watch that ends the worker when the sweep
-    is gone (even by ``kill -9``), the CPU settings and torch threads, then the plugins the
-    cells need."""
+    is gone (even by ``kill -9``), the sweep's settings (``environ``: the ``SUITE_*`` variables
+    that give them, ``suite.settings.environment``), the CPU settings and ``threads`` torch
+    threads, then the plugins the cells need."""
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)  # Ctrl-C reaches the workers too (one process group)
+    os.environ.update(environ)
     cpu.apply()
-    n = str(cpu.threads())
-    os.environ.setdefault("OMP_NUM_THREADS", n)
-    os.environ.setdefault("MKL_NUM_THREADS", n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
     import torch
 
     from .plugins import load_plugins
 
-    torch.set_num_threads(cpu.threads())
+    torch.set_num_threads(threads)
     load_plugins(plugins)
 
 
@@ -135,6 +136,7 @@ class Workers:
     back."""
 
     def __init__(self, cells: list[Job], tracker, jobs: int, say):
+        from .. import settings
         from .plugins import plugins_for
 
         env = dict(os.environ)
@@ -145,7 +147,8 @@ class Workers:
         self.tmp = Path(tempfile.mkdtemp(prefix="suite-cells-"))
         self.pool = cf.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
-            initargs=(os.getpid(), plugins_for([job.cell for job in cells])))
+            initargs=(os.getpid(), plugins_for([job.cell for job in cells]),
+                      settings.environment(settings.current()), cpu.threads()))
         self.running: dict[cf.Future, tuple[Job, Path, Path]] = {}
         self.count = 0
 

@@ -6,7 +6,7 @@ end), makes sure one MLflow tracking server fronts the store (the user's http(s)
 one SQLite file directly), skips cells already FINISHED, and submits the rest (the sweep's
 loop, ``loop``; ``RayTasks`` is how a cell starts here). A task:
 
-1. sets ``SUITE_CHECKPOINT_DIR`` to the driver's absolute checkpoint root and torch's
+1. sets its checkpoint root to the driver's absolute one and torch's
    threads to its CPU share (on CPU a seed then gives the local executor's metrics bit for
    bit, when the local run uses as many threads), and checks that its code is the code the
    driver planned with (the cell's ``code.*`` identity);
@@ -26,9 +26,10 @@ by the driver up to ``SUITE_RAY_ATTEMPTS`` attempts in all (default 3), except t
 deterministic ones (a non-finite loss, a bad spec), and each failed attempt is a FAILED run
 carrying its error. A cell that fails for good is counted and the sweep goes on.
 
-Settings (environment): ``SUITE_RAY_NUM_CPUS`` (size of a local cluster; default: all cores),
-``SUITE_RAY_CPUS_PER_CELL`` / ``SUITE_RAY_GPUS_PER_CELL`` (override the profile's resources),
-``SUITE_RAY_ATTEMPTS``, ``SUITE_CHECKPOINT_DIR`` (must be shared by every node).
+Settings (``suite.settings``; docs/settings.md): ``ray.num_cpus`` (size of a local cluster;
+default: all cores), ``ray.cpus_per_cell`` / ``ray.gpus_per_cell`` (override the profile's
+resources), ``ray.attempts``, ``store.checkpoint_dir`` (must be shared by every node). The
+settings that change a result travel with each cell.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import attentions
 from results import schema
 from results.claims import Holder
 
+from .. import settings
 from ..attempts import ClaimedTracker, DuplicateRun, StoreHome, store_home
 from ..profiles import RESOURCES, Resources
 from ..train import Cell, ForeignCheckpoint, NonFiniteLoss
@@ -54,19 +56,19 @@ from .plugins import load_plugins, plugins_for
 from .server import tracking_server
 
 SYSTEM_RETRIES = 2  # Ray reruns of a task whose worker or node died
-DEFAULT_ATTEMPTS = 3  # attempts of a cell that raises (the first included)
 # deterministic: a retry fails the same way
 NOT_RETRIED = (NonFiniteLoss, attentions.SpecError, ForeignCheckpoint)
 
 
 def cell_resources(cell: Cell) -> Resources:
-    """The profile's declaration (``Profile.resources``), then ``SUITE_RAY_CPUS_PER_CELL`` /
-    ``SUITE_RAY_GPUS_PER_CELL``."""
+    """The profile's declaration (``Profile.resources``), then the settings
+    ``ray.cpus_per_cell`` / ``ray.gpus_per_cell``."""
     res = cell.profile.resources.get(cell.device, RESOURCES[cell.device])
-    cpus = float(os.environ.get("SUITE_RAY_CPUS_PER_CELL") or res.num_cpus)
+    cluster = settings.current().cluster
+    cpus = cluster.ray_cpus_per_cell or res.num_cpus
     if cell.device != "cuda":
         return Resources(cpus, 0.0)
-    return Resources(cpus, float(os.environ.get("SUITE_RAY_GPUS_PER_CELL") or res.num_gpus))
+    return Resources(cpus, cluster.ray_gpus_per_cell or res.num_gpus)
 
 
 # ---------------------------------------------------------------- the worker side
@@ -112,7 +114,9 @@ def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], t
 
     from ..run import experiment, run_cell
 
-    os.environ["SUITE_CHECKPOINT_DIR"] = str(home.checkpoints.parent)
+    now = settings.current()
+    settings.use(dataclasses.replace(now, store=dataclasses.replace(
+        now.store, checkpoint_dir=str(home.checkpoints.parent))))
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
     node = {schema.tag("ray_node"): platform.node()}
@@ -188,7 +192,7 @@ def _init_ray(ray, address: str | None, num_cpus: int | None) -> bool:
                 "default when ~/.ray/auth_token exists) needs RAY_AUTH_MODE=token and the token "
                 "(that file or RAY_AUTH_TOKEN) in this shell too") from None
         return True  # disconnects this driver; the cluster itself stays up
-    cpus = num_cpus or int(os.environ.get("SUITE_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
+    cpus = num_cpus or settings.current().cluster.ray_num_cpus or os.cpu_count() or 1
     # a local cluster stays on the loopback interface: nothing listens beyond this machine
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 << 20,
              _node_ip_address="127.0.0.1", **common)
@@ -228,7 +232,7 @@ def sweep_ray(cells: list[Cell], tracking_uri: str | None = None,
         raise attentions.SpecError(
             "--executor ray logs through an MLflow tracking server; an offline jsonl: log is "
             "for the local executor (run the Ray sweep on a machine with MLflow)")
-    attempts = attempts or int(os.environ.get("SUITE_RAY_ATTEMPTS") or DEFAULT_ATTEMPTS)
+    attempts = attempts or settings.current().cluster.ray_attempts
     prior_env = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow sets it to the last URI used
     try:
         return _sweep(ray, cells, resolve_uri(tracking_uri), ray_address, num_cpus, attempts,
