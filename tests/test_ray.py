@@ -277,6 +277,8 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     monkeypatch.setenv("SUITE_CHECKPOINT_DIR", "ckpt-ray")  # relative: made absolute
     settings.apply_environment()
+    # a driver's training-step setting reaches the Ray workers (tagged on their runs)
+    settings.use(settings.changed(settings.current(), ["step.data_workers=0"]))
     out = io.StringIO()
     assert sweep_ray(cells, remote, cluster.address, progress=False, out=out) == 0
     text = out.getvalue()
@@ -287,6 +289,9 @@ def test_ray_sweep_matches_local_executor(cluster, tmp_path, monkeypatch):
     assert set(got) == set(want) == {c.config_hash for c in cells}
     for h, run in got.items():
         assert deterministic(run) == deterministic(want[h])  # bit for bit
+        said = run.data.tags["suite.settings"]
+        assert said.startswith("step.data_workers=0 store.checkpoint_dir=")
+        assert want[h].data.tags["suite.settings"].startswith("store.checkpoint_dir=")
         assert "exact_match_L128" in run.data.metrics
         assert run.data.params == want[h].data.params
         assert run.data.tags["suite.executor"] == "ray"

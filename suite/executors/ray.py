@@ -103,9 +103,11 @@ def check_code(cell: Cell) -> None:
 
 
 def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], threads: int,
-                  plugins: list[str]) -> dict[str, Any]:
-    """One cell on a Ray worker. Returns {"status": "finished" | "skipped" | "duplicate" |
-    "busy" | "failed", ...}; raises only when the worker itself breaks."""
+                  plugins: list[str], step: settings.Step | None = None) -> dict[str, Any]:
+    """One cell on a Ray worker, with the driver's training-step settings (``step``; those
+    that change a result travel in the cell too) and checkpoint root. Returns {"status":
+    "finished" | "skipped" | "duplicate" | "busy" | "failed", ...}; raises only when the worker
+    itself breaks."""
     import platform
 
     import torch
@@ -115,7 +117,7 @@ def run_cell_task(cell: Cell, uri: str, home: StoreHome, tags: dict[str, str], t
     from ..run import experiment, run_cell
 
     now = settings.current()
-    settings.use(dataclasses.replace(now, store=dataclasses.replace(
+    settings.use(dataclasses.replace(now, step=step or now.step, store=dataclasses.replace(
         now.store, checkpoint_dir=str(home.checkpoints.parent))))
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
@@ -335,7 +337,7 @@ class RayTasks(Executor):
         tags = {schema.tag("executor"): "ray", schema.SWEEP: self.sweep_id,
                 schema.tag("attempt"): str(attempt)}
         ref = task.remote(cell, self.server, self.home, tags, max(1, int(res.num_cpus)),
-                          self.plugins)
+                          self.plugins, settings.current().step)
         self.pending[ref] = job
         self.attempt[job.head] = attempt
         if self.progress:
