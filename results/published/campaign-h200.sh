@@ -6,12 +6,17 @@
 #   bash results/published/campaign-h200.sh start JOBS ARGS  # the sweep, in the background
 #   bash results/published/campaign-h200.sh wait SECONDS     # progress, until done or SECONDS
 #   bash results/published/campaign-h200.sh collect NAME     # the log and console to $OUT
+#   bash results/published/campaign-h200.sh round SECONDS NAME JOBS ARGS  # all four in one command
 #   bash results/published/campaign-h200.sh stop             # cut the sweep: runs end KILLED
 #
 # `start` runs `suite run ARGS --jobs JOBS --tracking-uri jsonl:...` in a process session of its
 # own (setsid), so it outlives the command that started it; the offline log of earlier sessions
 # (PRELOAD, a .jsonl.gz) is copied in first, so that its finished cells are skipped (same
-# config hash: run the campaign's own commit). CUDA MPS lets the cells' kernels share the GPU
+# config hash: run the campaign's own commit). The sweep runs from a copy of the code under
+# $CAMP/code: the next device command replaces the checkout (and every folder it carries), and
+# a process whose working directory was replaced fails at its next import. `round` starts,
+# waits, stops what has not ended by SECONDS (those runs end KILLED) and collects, in one
+# command: a round that fits in one command cannot be lost to a gap between commands. CUDA MPS lets the cells' kernels share the GPU
 # at once instead of taking turns (see the ledger for what it measured).
 set -u
 CAMP=${CAMP:-/tmp/camp}
@@ -48,6 +53,11 @@ case "${1:-}" in
     ;;
   start)
     jobs=$2; shift 2
+    if [ "$PWD" != "$CAMP/code" ]; then
+      rm -rf "$CAMP/code" && mkdir -p "$CAMP/code" && cp -r attentions tasks suite results "$CAMP/code/"
+      cp "$0" "$CAMP/code/campaign-h200.sh"
+      cd "$CAMP/code" && export PYTHONPATH=$PWD
+    fi
     if [ -n "${PRELOAD:-}" ] && [ ! -f "$LOG" ]; then gzip -dc "$PRELOAD" > "$LOG"; fi
     pgrep -f nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
     echo "# $(date -u +%FT%TZ) suite run $* --jobs $jobs --no-progress --tracking-uri jsonl:$LOG" \
@@ -58,18 +68,26 @@ case "${1:-}" in
     ;;
   wait)
     end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "suite run" >/dev/null; do sleep 15; done
+    while [ $SECONDS -lt $end ] && pgrep -f "[s]uite run" >/dev/null; do sleep 15; done
     progress
-    pgrep -f "suite run" >/dev/null && echo "sweep still running" || echo "sweep ended"
+    pgrep -f "[s]uite run" >/dev/null && echo "sweep still running" || echo "sweep ended"
     ;;
   stop)
-    pkill -TERM -f "suite run"; sleep 20; progress
+    pkill -TERM -f "[s]uite run"; sleep 20; progress
     ;;
   collect)
     gzip -9c "$LOG" > "$OUT/$2.jsonl.gz"
     cp "$CAMP/console.txt" "$OUT/$2.console.txt"
     ls -la "$OUT"
     ;;
+  round)
+    secs=$2 name=$3; shift 3
+    bash "$0" start "$@"
+    bash "$0" wait "$secs"
+    pgrep -f "[s]uite run" >/dev/null && bash "$0" stop
+    bash "$0" collect "$name"
+    ;;
   *)
-    echo "usage: $0 probe|start JOBS ARGS|wait SECONDS|stop|collect NAME" >&2; exit 2 ;;
+    echo "usage: $0 probe|start JOBS ARGS|wait SECONDS|stop|collect NAME|round SECONDS NAME JOBS ARGS" >&2
+    exit 2 ;;
 esac
