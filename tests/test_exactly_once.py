@@ -536,3 +536,39 @@ def test_the_leaderboard_never_mixes_budgets(store):
         if att.endswith("24]"):
             assert row["exact_match_mean"] == long.data.metrics[f"exact_match_L{n}"]
     assert "softmax [steps=24]" in text and "softmax [steps=12]" in text
+
+
+_CALLBACK_INTERRUPT = """
+import signal, sys, time, weakref
+from suite.executors import pool
+signal.signal(signal.SIGTERM, pool._stop)
+if sys.argv[1:] == ["hook"]:
+    sys.unraisablehook = pool._unraisable
+pool._BUSY = True
+class A: pass
+a = A()
+def callback(_): raise KeyboardInterrupt  # as _stop raises when SIGTERM lands in a callback
+ref = weakref.ref(a, callback)
+try:
+    del a
+    time.sleep(2)
+    print("lost")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_an_interrupt_inside_a_callback_is_sent_again(tmp_path, hook):
+    """A worker's interrupt that lands in a weakref callback (where SIGTERM during an import once
+    landed: a traceback printed, the interrupt lost) is raised again outside it, quietly; without
+    the worker's hook it is lost, which is what the hook is for."""
+    script = tmp_path / "callback.py"
+    script.write_text(_CALLBACK_INTERRUPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), *(["hook"] if hook else [])], env=env,
+                          capture_output=True, text=True, timeout=120)
+    if hook:
+        assert done.stdout.strip() == "interrupted" and "Traceback" not in done.stderr, done
+    else:
+        assert done.stdout.strip() == "lost" and "Traceback" in done.stderr, done

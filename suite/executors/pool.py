@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ def _init(parent: int, plugins: list[str], environ: dict[str, str], threads: int
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)  # Ctrl-C reaches the workers too (one process group)
+    sys.unraisablehook = _unraisable
     os.environ.update(environ)
     cpu.apply()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -66,6 +68,18 @@ def _stop(signum, frame) -> None:
     if _BUSY:
         raise KeyboardInterrupt
     os._exit(130)
+
+
+def _unraisable(info, default=sys.unraisablehook) -> None:
+    """An interrupt from ``_stop`` that landed inside a callback Python cannot raise from (a
+    weakref callback of the import machinery, seen when SIGTERM came during an import) would be
+    printed with a traceback and then lost, and the cell would train on: the signal is sent
+    again from another thread, once this hook has returned, and ``_stop`` runs once more outside
+    the callback (a signal sent from here would be handled inside this hook)."""
+    if isinstance(info.exc_value, KeyboardInterrupt) and _BUSY:
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    default(info)
 
 
 def _watch(parent: int) -> None:
