@@ -542,7 +542,7 @@ _CALLBACK_INTERRUPT = """
 import signal, sys, time, weakref
 from suite.executors import pool
 signal.signal(signal.SIGTERM, pool._stop)
-if sys.argv[1:] == ["hook"]:
+if sys.argv[1] == "hook":
     sys.unraisablehook = pool._unraisable
 pool._BUSY = True
 class A: pass
@@ -551,7 +551,7 @@ def callback(_): raise KeyboardInterrupt  # as _stop raises when SIGTERM lands i
 ref = weakref.ref(a, callback)
 try:
     del a
-    time.sleep(2)
+    time.sleep(float(sys.argv[2]))  # ends early when the interrupt comes
     print("lost")
 except KeyboardInterrupt:
     print("interrupted")
@@ -566,7 +566,10 @@ def test_an_interrupt_inside_a_callback_is_sent_again(tmp_path, hook):
     script = tmp_path / "callback.py"
     script.write_text(_CALLBACK_INTERRUPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), *(["hook"] if hook else [])], env=env,
+    # with the hook the interrupt ends the sleep (60 s only bounds a failure); without it
+    # nothing can end it, so a short sleep shows the loss
+    argv = ["hook", "60"] if hook else ["none", "0.5"]
+    done = subprocess.run([sys.executable, str(script), *argv], env=env,
                           capture_output=True, text=True, timeout=120)
     if hook:
         assert done.stdout.strip() == "interrupted" and "Traceback" not in done.stderr, done

@@ -16,8 +16,9 @@
 # $CAMP/code: the next device command replaces the checkout (and every folder it carries), and
 # a process whose working directory was replaced fails at its next import. `round` starts,
 # waits, stops what has not ended by SECONDS (those runs end KILLED) and collects, in one
-# command: a round that fits in one command cannot be lost to a gap between commands. CUDA MPS lets the cells' kernels share the GPU
-# at once instead of taking turns (see the ledger for what it measured).
+# command: a round that fits in one command cannot be lost to a gap between commands. CUDA MPS
+# lets the cells' kernels share the GPU at once instead of taking turns (see the ledger for
+# what it measured).
 set -u
 CAMP=${CAMP:-/tmp/camp}
 mkdir -p "$CAMP"
