@@ -8,6 +8,7 @@
 #   bash results/published/campaign-h200.sh collect NAME     # the log and console to $OUT
 #   bash results/published/campaign-h200.sh round SECONDS NAME JOBS ARGS  # all four in one command
 #   bash results/published/campaign-h200.sh stop             # cut the sweep: runs end KILLED
+#   bash results/published/campaign-h200.sh snapshot NAME    # log, console, checkpoints to $OUT
 #
 # `start` runs `suite run ARGS --jobs JOBS --tracking-uri jsonl:...` in a process session of its
 # own (setsid), so it outlives the command that started it; the offline log of earlier sessions
@@ -18,7 +19,10 @@
 # waits, stops what has not ended by SECONDS (those runs end KILLED) and collects, in one
 # command: a round that fits in one command cannot be lost to a gap between commands. CUDA MPS
 # lets the cells' kernels share the GPU at once instead of taking turns (see the ledger for
-# what it measured).
+# what it measured). A round longer than one command leaves its sweep running between `wait`
+# commands and takes a `snapshot` at the end of each: if the machine is lost, the next one
+# starts again from the snapshot (PRELOAD its log, CKPT_PRELOAD its checkpoints: a cell resumes
+# from its last checkpoint, at most 2% of a `long` cell back).
 set -u
 CAMP=${CAMP:-/tmp/camp}
 mkdir -p "$CAMP"
@@ -60,6 +64,7 @@ case "${1:-}" in
       cd "$CAMP/code" && export PYTHONPATH=$PWD
     fi
     if [ -n "${PRELOAD:-}" ] && [ ! -f "$LOG" ]; then gzip -dc "$PRELOAD" > "$LOG"; fi
+    if [ -n "${CKPT_PRELOAD:-}" ] && [ ! -d "$CAMP/ckpt" ]; then tar -xzf "$CKPT_PRELOAD" -C "$CAMP"; fi
     pgrep -f nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
     echo "# $(date -u +%FT%TZ) suite run $* --jobs $jobs --no-progress --tracking-uri jsonl:$LOG" \
       >> "$CAMP/console.txt"
@@ -81,6 +86,11 @@ case "${1:-}" in
     cp "$CAMP/console.txt" "$OUT/$2.console.txt"
     ls -la "$OUT"
     ;;
+  snapshot)
+    bash "$0" collect "$2" >/dev/null
+    tar -czf "$OUT/$2.ckpt.tar.gz" -C "$CAMP" ckpt 2>/dev/null
+    ls -la "$OUT"
+    ;;
   round)
     secs=$2 name=$3; shift 3
     bash "$0" start "$@"
@@ -89,6 +99,6 @@ case "${1:-}" in
     bash "$0" collect "$name"
     ;;
   *)
-    echo "usage: $0 probe|start JOBS ARGS|wait SECONDS|stop|collect NAME|round SECONDS NAME JOBS ARGS" >&2
+    echo "usage: $0 probe|start JOBS ARGS|wait SECONDS|stop|collect NAME|snapshot NAME|round SECONDS NAME JOBS ARGS" >&2
     exit 2 ;;
 esac
