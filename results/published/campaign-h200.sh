@@ -8,7 +8,7 @@
 #   bash results/published/campaign-h200.sh collect NAME     # the log and console to $OUT
 #   bash results/published/campaign-h200.sh round SECONDS NAME JOBS ARGS  # all four in one command
 #   bash results/published/campaign-h200.sh stop             # cut the sweep: runs end KILLED
-#   bash results/published/campaign-h200.sh snapshot NAME    # log, console, checkpoints to $OUT
+#   bash results/published/campaign-h200.sh snapshot NAME    # log and console to $OUT, sweep left running
 #
 # `start` runs `suite run ARGS --jobs JOBS --tracking-uri jsonl:...` in a process session of its
 # own (setsid), so it outlives the command that started it; the offline log of earlier sessions
@@ -20,9 +20,10 @@
 # command: a round that fits in one command cannot be lost to a gap between commands. CUDA MPS
 # lets the cells' kernels share the GPU at once instead of taking turns (see the ledger for
 # what it measured). A round longer than one command leaves its sweep running between `wait`
-# commands and takes a `snapshot` at the end of each: if the machine is lost, the next one
-# starts again from the snapshot (PRELOAD its log, CKPT_PRELOAD its checkpoints: a cell resumes
-# from its last checkpoint, at most 2% of a `long` cell back).
+# commands and takes a `snapshot` of the log at the end of each. Its checkpoints cannot follow:
+# the checkpoint folder of three `long` MQMTAR cells (weights and Adam moments) measured 495 MB
+# on 2026-12-05, far over what one file from $OUT (16 MiB) or a whole carried tree (64 MiB) may
+# be, so a cell resumes only on the machine it started on.
 set -u
 CAMP=${CAMP:-/tmp/camp}
 mkdir -p "$CAMP"
@@ -64,7 +65,6 @@ case "${1:-}" in
       cd "$CAMP/code" && export PYTHONPATH=$PWD
     fi
     if [ -n "${PRELOAD:-}" ] && [ ! -f "$LOG" ]; then gzip -dc "$PRELOAD" > "$LOG"; fi
-    if [ -n "${CKPT_PRELOAD:-}" ] && [ ! -d "$CAMP/ckpt" ]; then tar -xzf "$CKPT_PRELOAD" -C "$CAMP"; fi
     pgrep -f nvidia-cuda-mps-control >/dev/null || nvidia-cuda-mps-control -d
     echo "# $(date -u +%FT%TZ) suite run $* --jobs $jobs --no-progress --tracking-uri jsonl:$LOG" \
       >> "$CAMP/console.txt"
@@ -87,9 +87,8 @@ case "${1:-}" in
     ls -la "$OUT"
     ;;
   snapshot)
-    bash "$0" collect "$2" >/dev/null
-    tar -czf "$OUT/$2.ckpt.tar.gz" -C "$CAMP" ckpt 2>/dev/null
-    ls -la "$OUT"
+    bash "$0" collect "$2"
+    du -sh "$CAMP/ckpt" 2>/dev/null
     ;;
   round)
     secs=$2 name=$3; shift 3
