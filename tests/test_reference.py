@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,6 +18,9 @@ from results.report import make
 from suite.cli import main
 
 from .test_plugin_bias import readme_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 @pytest.fixture
@@ -153,6 +157,48 @@ def test_shipped_long_reference_logs():
     assert means == {"asentmax": 47.2, "ssmax": 29.8, "softmax": 11.6, "entmax": 2.0}
     codes = {runs[i].data.params["code.suite"] for i in copy["run_id"]}
     assert codes == {"4542078c6da2"}
+
+
+
+def test_shipped_token_classification_logs():
+    """2-back and local count at the repro budget (one H100, 2026-12-05): 3 FINISHED seeds of
+    each of the four attentions, one run per seed, the numbers docs/results.md states."""
+    recs, runs = ref.load(ref.paths())
+    rep = recs.filter(pl.col("profile") == "repro")
+    for task in ("two_back", "local_count"):
+        em = rep.filter((pl.col("task") == task) & (pl.col("metric") == "exact_match"))
+        seeds = em.group_by("attention").agg(pl.col("seed").unique().sort())
+        assert dict(seeds.iter_rows()) == {a: [0, 1, 2] for a in ("softmax", "ssmax", "entmax",
+                                                                    "asentmax")}, task
+        assert em.group_by("attention", "seed").agg(pl.col("run_id").n_unique())[
+            "run_id"].max() == 1
+        assert all("H100" in runs[i].data.tags["suite.device"] for i in em["run_id"])
+        assert rep.filter((pl.col("task") == task) & (pl.col("metric") == "nonfinite"))[
+            "value"].max() == 0.0
+    two = rep.filter((pl.col("task") == "two_back") & (pl.col("metric") == "exact_match"))
+    assert two["value"].min() == 100.0  # every attention, seed and length to 64x
+    count = rep.filter(pl.col("task") == "local_count")
+    assert count.filter(pl.col("metric") == "exact_match")["value"].max() == 0.0
+    acc = count.filter((pl.col("metric") == "token_acc") & (pl.col("length") == 4096))
+    means = {a: round(v, 1) for a, v in acc.group_by("attention").agg(
+        pl.col("value").mean()).iter_rows()}
+    assert means == {"softmax": 99.4, "ssmax": 99.3, "entmax": 95.3, "asentmax": 94.9}
+
+
+@pytest.mark.parametrize("profile", ["repro", "long"])
+def test_results_page_is_what_the_shipped_logs_give(store, tmp_path, profile):
+    """docs/results.md's generated sections are what `suite leaderboard --reference` writes
+    from the shipped logs today: a new log, or a change to how a row is made, shows here until
+    the page is written again (the command is in the page's first paragraph)."""
+    from results import readme
+
+    page = ROOT / "docs" / "results.md"
+    copy = tmp_path / "results.md"
+    copy.write_text(page.read_text())
+    assert main(["leaderboard", "--tracking-uri", store, "--no-log", "--reference",
+                 "--profile", profile, "--write-readme", str(copy)]) == 0
+    assert readme.markers(profile)[0] in page.read_text()
+    assert copy.read_text() == page.read_text()
 
 
 def _final_metrics(log) -> dict:
