@@ -176,6 +176,7 @@ def test_unknown_parameter_suggests_the_closest():
         ("mqmtar:key_len=1", "use vocab >= 10000 or max_pairs <= 256"),
         ("mqmtar:queries=0", "queries=0 must be >= 1"),
         ("local_count:max_reps=1", "max_reps=1 must be >= 2"),
+        ("local_count:vocab=2", "vocab=2 must be >= 3"),
         ("niah:train_length=40", "train_length >= 78"),
         ("lm:corpus=bible", "known: shakespeare, stdlib"),
         ("lm:path=/no/such/file.txt", "is not a file"),
@@ -202,6 +203,33 @@ def test_minimums_follow_the_task():
     assert tasks.get("flip_flop").min_length == 4  # a write and the read
     assert tasks.get("niah").min_length == len(" The special magic number is 1234567. ") + 1
 
+
+
+@pytest.mark.parametrize("pe", ["nape", "alibi", "rope", "nope"])
+@pytest.mark.parametrize("attention", ["softmax", "ssmax", "entmax", "asentmax"])
+def test_local_count_first_block_is_countable_only_after_a_marker(attention, pe):
+    """Why local_count has a start marker (version 2): the first block of a row that begins with
+    it holds one token after copies of itself, so a model with only relative positions computes
+    the same vector at every one of its positions and cannot count it (exactly equal outputs,
+    float64, every built-in attention and position encoding); after the marker each position
+    of that block sees a different prefix, and the outputs differ."""
+    from suite.model import Decoder, ModelConfig
+
+    task = tasks.get("local_count")
+    batch = task.sample(task.rng(0, "eval"), 96, 4)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=task.vocab_size, attention=attention, pe=pe,
+                                n_layers=2)).double().eval()
+    for i in range(4):
+        tokens, labels = batch.tokens[i], batch.targets[i]
+        assert tokens[0] == 0 and labels[0] == 0  # the marker, a block of its own
+        end = 1 + int((labels[1:] == 0).nonzero()[1])  # the first block: tokens[1:end]
+        with torch.no_grad():
+            marked = model(tokens[None])[0, 1:end]  # (r, V)
+            unmarked = model(tokens[None, 1:])[0, : end - 1]  # version 1's row: no marker
+        assert torch.equal(unmarked, unmarked[:1].expand_as(unmarked))
+        gaps = (marked[1:] - marked[:-1]).abs().amax(dim=-1)  # (r - 1,)
+        assert gaps.min() > 1e-6, gaps
 
 @pytest.mark.parametrize(
     "call, message",

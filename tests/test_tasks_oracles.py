@@ -55,12 +55,14 @@ def check_flip_flop(task, ex, n):
 def check_local_count(task, ex, n):
     source, labels = ex["source"], ex["labels"]
     assert len(source) == len(labels) == n
+    assert source[0] == 0 and all(1 <= s < task.vocab for s in source[1:])  # the start marker
     run = 0
     for t in range(n):
         run = run + 1 if t and source[t] == source[t - 1] else 0
         assert labels[t] == run
     runs = [len(m.group(0)) for m in re.finditer(r"(.)\1*", "".join(chr(65 + s) for s in source))]
-    assert all(2 <= r <= task.max_reps for r in runs[:-1]) and 1 <= runs[-1] <= task.max_reps
+    assert runs[0] == 1  # the marker is a block of one
+    assert all(2 <= r <= task.max_reps for r in runs[1:-1]) and 1 <= runs[-1] <= task.max_reps
 
 
 def check_two_back(task, ex, n):
