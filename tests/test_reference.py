@@ -201,6 +201,30 @@ def test_results_page_is_what_the_shipped_logs_give(store, tmp_path, profile):
     assert copy.read_text() == page.read_text()
 
 
+
+@pytest.mark.slow
+def test_shipped_logs_imported_give_the_page_numbers(store):
+    """What docs/results.md promises: `suite import` of every shipped log into a fresh store,
+    then `suite leaderboard`, gives every mean and std of the reference rows the page is written
+    from (per profile, task, attention and length; the reference labels aside)."""
+    for path in ref.paths():
+        assert main(["import", str(path), "--tracking-uri", store]) == 0
+    recs, _ = ref.load(ref.paths())
+    cols = ["task", "attention", "length", "exact_match_mean", "exact_match_std",
+            "token_acc_mean", "seeds"]
+
+    def rounded(tab):  # the same seeds summed in another order differ in the last bits
+        return (tab.select(cols).sort(["task", "attention", "length"])
+                .with_columns(pl.col(pl.Float64).round(9)))
+
+    for profile in ("repro", "long"):
+        imported, _ = lb.build(store, profile)
+        shipped = lb.table(ref.rows_for(recs, profile, None)).with_columns(
+            pl.col("attention").str.replace(r" \(reference: .*\)$", ""))
+        assert shipped.height > 0
+        assert rounded(imported).equals(rounded(shipped)), profile
+
+
 def _final_metrics(log) -> dict:
     out, names = {}, {}
     for line in log.read_text().splitlines():
