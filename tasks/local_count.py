@@ -56,9 +56,11 @@ class LocalCount(TokenClassification):
         n = length - 1  # the blocks after the marker
         blocks = n // 2 + 1  # enough blocks of length >= 2 to fill the row
         reps = rng.integers(2, self.max_reps + 1, size=(batch_size, blocks))  # (B, N)
-        steps = rng.integers(1, self.vocab - 1, size=(batch_size, blocks))  # (B, N): never 0 mod
-        steps[:, 0] = rng.integers(0, self.vocab - 1, size=batch_size)  # vocab - 1
-        symbols = 1 + np.cumsum(steps, axis=1) % (self.vocab - 1)  # (B, N): in [1, vocab)
+        # steps between adjacent blocks' symbols are never 0 mod (vocab - 1): adjacent blocks
+        # differ; the symbols lie in [1, vocab), 0 being the marker
+        steps = rng.integers(1, self.vocab - 1, size=(batch_size, blocks))  # (B, N)
+        steps[:, 0] = rng.integers(0, self.vocab - 1, size=batch_size)
+        symbols = 1 + np.cumsum(steps, axis=1) % (self.vocab - 1)  # (B, N)
         ends = np.cumsum(reps, axis=1)  # (B, N)
         pos = np.arange(n)
         which = np.stack([np.searchsorted(e, pos, side="right") for e in ends])  # (B, n)

@@ -22,7 +22,6 @@ from .test_plugin_bias import readme_plugin
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture
 def published(store, tmp_path):
     """A small published log: softmax and entmax, smoke profile, 2 seeds, trained on CPU."""
@@ -159,7 +158,6 @@ def test_shipped_long_reference_logs():
     assert codes == {"4542078c6da2"}
 
 
-
 def test_shipped_token_classification_logs():
     """2-back and local count at the repro budget (one H100, 2026-12-05): 3 FINISHED seeds of
     each of the four attentions, one run per seed, the numbers docs/results.md states."""
@@ -199,7 +197,6 @@ def test_results_page_is_what_the_shipped_logs_give(store, tmp_path, profile):
                  "--profile", profile, "--write-readme", str(copy)]) == 0
     assert readme.markers(profile)[0] in page.read_text()
     assert copy.read_text() == page.read_text()
-
 
 
 @pytest.mark.slow

@@ -204,15 +204,14 @@ def test_minimums_follow_the_task():
     assert tasks.get("niah").min_length == len(" The special magic number is 1234567. ") + 1
 
 
-
 @pytest.mark.parametrize("pe", ["nape", "alibi", "rope", "nope"])
 @pytest.mark.parametrize("attention", ["softmax", "ssmax", "entmax", "asentmax"])
 def test_local_count_first_block_is_countable_only_after_a_marker(attention, pe):
-    """Why local_count has a start marker (version 2): the first block of a row that begins with
-    it holds one token after copies of itself, so a model with only relative positions computes
-    the same vector at every one of its positions and cannot count it (exactly equal outputs,
-    float64, every built-in attention and position encoding); after the marker each position
-    of that block sees a different prefix, and the outputs differ."""
+    """Why local_count has a start marker (version 2): without it, each position of a row's
+    first block holds one token after copies of itself, so a model with only relative
+    positions computes the same vector at all of them and cannot count the block (exactly
+    equal outputs, float64, every built-in attention and position encoding); after the marker
+    each position of that block sees a different prefix, and the outputs differ."""
     from suite.model import Decoder, ModelConfig
 
     task = tasks.get("local_count")
@@ -230,6 +229,7 @@ def test_local_count_first_block_is_countable_only_after_a_marker(attention, pe)
         assert torch.equal(unmarked, unmarked[:1].expand_as(unmarked))
         gaps = (marked[1:] - marked[:-1]).abs().amax(dim=-1)  # (r - 1,)
         assert gaps.min() > 1e-6, gaps
+
 
 @pytest.mark.parametrize(
     "call, message",
