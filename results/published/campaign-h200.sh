@@ -30,6 +30,9 @@ mkdir -p "$CAMP"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 SUITE_CHECKPOINT_DIR=$CAMP/ckpt
 export CUDA_MPS_PIPE_DIRECTORY=$CAMP/mps-pipe CUDA_MPS_LOG_DIRECTORY=$CAMP/mps-log
 LOG=$CAMP/log.jsonl
+# this campaign's sweep only (another CAMP's sweep may run beside it); the bracket keeps pgrep
+# from matching its own command line
+SWEEP="[s]uite run .*--tracking-uri jsonl:$LOG"
 OUT=${OUT:-$CAMP/out}
 mkdir -p "$OUT"
 
@@ -74,12 +77,12 @@ case "${1:-}" in
     ;;
   wait)
     end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "[s]uite run" >/dev/null; do sleep 15; done
+    while [ $SECONDS -lt $end ] && pgrep -f "$SWEEP" >/dev/null; do sleep 15; done
     progress
-    pgrep -f "[s]uite run" >/dev/null && echo "sweep still running" || echo "sweep ended"
+    pgrep -f "$SWEEP" >/dev/null && echo "sweep still running" || echo "sweep ended"
     ;;
   stop)
-    pkill -TERM -f "[s]uite run"; sleep 20; progress
+    pkill -TERM -f "$SWEEP"; sleep 20; progress
     ;;
   collect)
     gzip -9c "$LOG" > "$OUT/$2.jsonl.gz"
@@ -94,7 +97,7 @@ case "${1:-}" in
     secs=$2 name=$3; shift 3
     bash "$0" start "$@"
     bash "$0" wait "$secs"
-    pgrep -f "[s]uite run" >/dev/null && bash "$0" stop
+    pgrep -f "$SWEEP" >/dev/null && bash "$0" stop
     bash "$0" collect "$name"
     ;;
   *)
