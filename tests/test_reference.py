@@ -200,15 +200,15 @@ def test_shipped_token_classification_logs():
 
 def test_shipped_language_logs():
     """lm and niah at the quick profile on the 2-core CPU (2026-12-06): 3 FINISHED seeds of
-    softmax, entmax and ASEntmax, one run per seed, every length of the quick ladder, no
-    non-finite outputs, and the numbers docs/results.md states (at 8x on niah: ASEntmax 98.0,
-    entmax 71.3, softmax 0)."""
+    softmax, SSMax, entmax and ASEntmax, one run per seed, every length of the quick ladder, no
+    non-finite outputs, and the numbers docs/results.md states (at 8x on niah: SSMax 100,
+    ASEntmax 98.0, entmax 71.3, softmax 0)."""
     recs, runs = ref.load(ref.paths())
     quick = recs.filter(pl.col("profile") == "quick")
     for task, metric in (("lm", "perplexity"), ("niah", "retrieval_acc")):
         got = quick.filter((pl.col("task") == task) & (pl.col("metric") == metric))
         seeds = got.group_by("attention").agg(pl.col("seed").unique().sort())
-        assert dict(seeds.iter_rows()) == {a: [0, 1, 2] for a in ("softmax", "entmax",
+        assert dict(seeds.iter_rows()) == {a: [0, 1, 2] for a in ("softmax", "ssmax", "entmax",
                                                                     "asentmax")}, task
         assert got.group_by("attention", "seed").agg(pl.col("run_id").n_unique())[
             "run_id"].max() == 1
@@ -222,11 +222,11 @@ def test_shipped_language_logs():
                            & (pl.col("length") == length))
         return {a: round(v, 2) for a, v in got.group_by("attention").agg(
             pl.col("value").mean()).iter_rows()}
-    assert means("niah", "retrieval_acc", 1024) == {"asentmax": 98.0, "entmax": 71.33,
-                                                    "softmax": 0.0}
-    assert means("niah", "retrieval_acc", 128) == {"asentmax": 98.67, "entmax": 90.0,
-                                                   "softmax": 65.33}
-    assert means("lm", "perplexity", 1024) == {"softmax": 5.92, "asentmax": 6.04,
+    assert means("niah", "retrieval_acc", 1024) == {"ssmax": 100.0, "asentmax": 98.0,
+                                                    "entmax": 71.33, "softmax": 0.0}
+    assert means("niah", "retrieval_acc", 128) == {"ssmax": 100.0, "asentmax": 98.67,
+                                                   "entmax": 90.0, "softmax": 65.33}
+    assert means("lm", "perplexity", 1024) == {"softmax": 5.92, "ssmax": 5.97, "asentmax": 6.04,
                                                "entmax": 6.12}
 
 
