@@ -217,6 +217,7 @@ def test_shipped_language_logs():
         assert all(runs[i].data.tags["suite.device"].startswith("cpu: ") for i in got["run_id"])
         assert quick.filter((pl.col("task") == task) & (pl.col("metric") == "nonfinite"))[
             "value"].max() == 0.0
+
     def means(task, metric, length):
         got = quick.filter((pl.col("task") == task) & (pl.col("metric") == metric)
                            & (pl.col("length") == length))
